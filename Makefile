@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python -m uqcampaign.pipeline.bench --out BENCHMARKS.md
+	$(BIN)/python benchmarks/run.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output

@@ -1,0 +1,65 @@
+"""Write BENCHMARKS.md: every section is produced by a command in this folder.
+
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = {
+    "samplers": "bench_samplers.py",
+    "reduce": "bench_reduce.py",
+    "cluster": "bench_cluster.py",
+    "learned": "bench_learned.py",
+}
+
+
+def _load(file: str):
+    spec = importlib.util.spec_from_file_location(file.removesuffix(".py"), HERE / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"{cpu}, {dt.date.today().isoformat()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, figures not meaningful")
+    parser.add_argument("--only", default=",".join(SECTIONS))
+    args = parser.parse_args(argv)
+    parts = [
+        "# Benchmarks\n",
+        "Written by `make bench` (`python benchmarks/run.py --out BENCHMARKS.md`); every figure below comes from "
+        "the command named in its section.\n",
+        f"Machine: {machine_line()}.\n",
+    ]
+    for name in args.only.split(","):
+        file = SECTIONS[name]
+        if not (HERE / file).exists():
+            continue
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        parts.append(_load(file).section(quick=args.quick))
+    args.out.write_text("\n".join(parts))
+    print(f"[bench] wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
