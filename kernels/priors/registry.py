@@ -1,0 +1,73 @@
+"""Build a prior from its campaign spec: ``build_prior({"kind": "gmm", "file": "priors/digits16.npz"})``.
+
+Each kind maps to a ``"module:function"`` loader imported only when that kind is built, so
+loading a ``gmm`` never imports diffusers. A loader takes ``(spec, root)``: the spec without
+``None`` values, and the folder that relative paths start from (the campaign file's folder).
+
+=====================  ==============================================================
+kind                   spec
+=====================  ==============================================================
+``gaussian``           ``{file: g.npz}`` (keys ``mean (C,H,W)`` and ``variance (C,H,W)``
+                       or ``covariance (d,d)``) or ``{shape: [1,8,8], mean: 0.5, variance: 0.04}``
+``gmm``                ``{file: x.npz}`` (keys ``weights (K,)``, ``means``, ``variances (K,C,H,W)``)
+``diffusion``          ``{path: folder}`` (a diffusers ``save_pretrained`` folder)
+``consistency``        ``{path: folder}``
+``latent-consistency`` ``{path: folder}``
+=====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from uqcampaign.kernels.errors import require
+from uqcampaign.kernels.priors.base import Prior
+
+__all__ = ["PRIOR_KINDS", "build_prior", "resolve_path", "check_keys"]
+
+_LOADERS: dict[str, str] = {
+    "gaussian": "uqcampaign.kernels.priors.gaussian_mixture:load_gaussian_prior",
+    "gmm": "uqcampaign.kernels.priors.gaussian_mixture:load_gmm_prior",
+    "diffusion": "uqcampaign.kernels.priors.diffusion:load_diffusion_prior",
+    "consistency": "uqcampaign.kernels.priors.consistency:load_consistency_prior",
+    "latent-consistency": "uqcampaign.kernels.priors.latent_consistency:load_latent_consistency_prior",
+}
+PRIOR_KINDS: tuple[str, ...] = tuple(_LOADERS)
+
+
+def build_prior(spec: Mapping[str, Any], root: Path | str | None = None) -> Prior:
+    """The prior described by ``spec``; relative paths in it start at ``root``.
+
+    Keys whose value is ``None`` are dropped first (a config model dumps unset fields as ``None``).
+    """
+    require(isinstance(spec, Mapping), f"prior spec must be a mapping like {{kind: gmm, file: prior.npz}}, got {spec!r}")
+    kind = spec.get("kind")
+    require(kind in _LOADERS, f"unknown prior kind {kind!r}; choose one of {', '.join(PRIOR_KINDS)}")
+    module_name, function_name = _LOADERS[kind].split(":")
+    loader: Callable[[dict[str, Any], Path | None], Prior] = getattr(importlib.import_module(module_name), function_name)
+    cleaned = {key: value for key, value in spec.items() if value is not None}
+    return loader(cleaned, None if root is None else Path(root))
+
+
+def check_keys(spec: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """UQError naming the first key of ``spec`` outside ``allowed`` (``kind`` is always allowed)."""
+    allowed = ("kind", *allowed)
+    for key in spec:
+        require(key in allowed, f"unknown key {key!r} in the {spec.get('kind')} prior spec; allowed keys: {', '.join(allowed)}")
+
+
+def resolve_path(path: Any, root: Path | None, what: str, *, folder: bool = False) -> Path:
+    """``path`` made absolute against ``root`` (the campaign file's folder); UQError if it does not exist.
+
+    ``what`` names the value in the message (e.g. ``"gmm prior file"``); ``folder=True`` wants a directory.
+    """
+    require(isinstance(path, (str, Path)) and str(path) != "", f"{what} must be a path string, got {path!r}")
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute() and root is not None:
+        resolved = Path(root) / resolved
+    exists = resolved.is_dir() if folder else resolved.is_file()
+    require(exists, f"{what} not found: {resolved}; check the path (relative paths start at the campaign file's folder)")
+    return resolved
