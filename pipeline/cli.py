@@ -1,0 +1,230 @@
+"""The ``uqc`` command line (DESIGN §7): run, reduce, maps, report, inspect, demo, train-prior.
+
+Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
+User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
+stderr and exit with code 2; ``uqc --debug COMMAND`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from uqcampaign.kernels.errors import UQError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="uqc",
+    help="Distributed MCMC campaigns for uncertainty quantification in imaging inverse problems.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_options: dict[str, bool] = {"debug": False}  # global CLI flags, set by the app callback
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user-facing one-line message of a user error."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "value"
+        return f"'{key}': {first['msg']}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    import yaml
+    from pydantic import ValidationError
+
+    return (UQError, ValidationError, yaml.YAMLError)
+
+
+def handled(func: F) -> F:
+    """Print user errors as ``error: …`` (exit 2), unless ``--debug`` asks for the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except _user_errors() as exc:
+            if _options["debug"]:
+                raise
+            err_console.print(f"error: {_one_line(exc)}", markup=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished chunks are kept; rerun the same command to resume", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors.")) -> None:
+    """uqcampaign: run sampling campaigns into a Zarr store, reduce them, map and report them."""
+    _options["debug"] = debug
+
+
+@app.command()
+@handled
+def run(
+    campaign: Path = typer.Argument(..., help="Campaign YAML file."),
+    address: Optional[str] = typer.Option(None, help="Ray address: local, auto, ray://host:10001 or in-process (default: the file's cluster.address)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a store of the same campaign (always safe: draws depend only on the seed)."),
+    force: bool = typer.Option(False, "--force", help="Delete a store written by another campaign (says what it removes first)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run in this process, without Ray."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Number of Ray workers (default: the file's cluster.workers)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, min=0, help="GPUs per Ray worker (default: the file's cluster.gpus_per_worker)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Run a campaign: sample every (measurement, chain block) unit into the store."""
+    from uqcampaign.pipeline.config import load_campaign
+
+    spec = load_campaign(campaign)
+    address = address or spec.cluster.address
+    if in_process or address == "in-process":
+        from uqcampaign.pipeline.runner import run_campaign
+
+        result = run_campaign(spec, resume=resume, force=force, progress=progress, console=err_console)
+    else:
+        from uqcampaign.cluster.driver import run_campaign_ray
+
+        result = run_campaign_ray(
+            spec,
+            address=address,
+            workers=workers if workers is not None else spec.cluster.workers,
+            gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else spec.cluster.gpus_per_worker,
+            resume=resume,
+            force=force,
+            progress=progress,
+            console=err_console,
+        )
+    seconds = getattr(result, "seconds", None)
+    took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    console.print(f"store: {spec.store_location}{took}", markup=False)
+
+
+@app.command()
+@handled
+def reduce(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    level: Optional[float] = typer.Option(None, help="Credible level of the intervals, in (0, 1) (default: the campaign's reduce.level)."),
+    address: Optional[str] = typer.Option(None, help="Dask distributed or Ray address for the reduction (default: threads here)."),
+) -> None:
+    """Reduce the draws into the summary/ group (mean, std, intervals, R-hat, ESS, chi2)."""
+    if level is not None and not 0 < level < 1:
+        raise UQError(f"--level {level} is outside (0, 1); use e.g. 0.9")
+    from uqcampaign.pipeline.reduce import reduce_store
+
+    reduce_store(store, level=level, address=address, progress=True)
+    console.print(f"summary written to {store}/summary", markup=False)
+
+
+@app.command()
+@handled
+def maps(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    out: Path = typer.Option(..., "--out", help="Folder for the PNG files."),
+) -> None:
+    """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, CI width, |error|, R-hat."""
+    from uqcampaign.pipeline.maps import write_maps
+
+    paths = write_maps(store, out)
+    console.print(f"{len(paths)} PNG files in {out}", markup=False)
+
+
+@app.command()
+@handled
+def report(store: str = typer.Argument(..., help="Store path or URL.")) -> None:
+    """Print the per-measurement table: coverage, max R-hat, min ESS, chi2."""
+    from uqcampaign.pipeline.report import print_report
+
+    print_report(store, console)
+
+
+@app.command()
+@handled
+def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None:
+    """Say what a store holds and how far its campaign got."""
+    import numpy as np
+    from rich.table import Table
+
+    from uqcampaign.pipeline.store import open_store
+
+    group = open_store(store)
+    attrs = dict(group.attrs)
+    campaign = attrs.get("campaign", {})
+    samples = group["samples"]
+    done = np.asarray(group["draws_done"][...])
+    draws = int(campaign.get("draws", samples.shape[2]))
+    console.print(f"store:    {store}", markup=False)
+    console.print(f"campaign: {campaign.get('name', '?')} (config hash {str(attrs.get('config_hash'))[:12]}, created {attrs.get('created', '?')})", markup=False)
+    console.print(
+        f"samples:  {' x '.join(map(str, samples.shape))} (measurement, chain, draw, channel, y, x), chunks {' x '.join(map(str, samples.chunks))}",
+        markup=False,
+    )
+    console.print(f"y:        {' x '.join(map(str, group['y'].shape))}; x_true: {'yes' if 'x_true' in group else 'no'}", markup=False)
+    for key in ("operator", "prior", "sampler"):
+        console.print(f"{key + ':':9} {attrs.get(key)}", markup=False)
+    table = Table(title="draws done")
+    for column in ("measurement", "chains complete", "chain-draws done", "of"):
+        table.add_column(column, justify="right")
+    for m in range(done.shape[0]):
+        table.add_row(str(m), f"{int((done[m] >= draws).sum())}/{done.shape[1]}", str(int(done[m].sum())), str(draws * done.shape[1]))
+    console.print(table)
+    total = draws * done.size
+    console.print(f"total:    {int(done.sum())}/{total} chain-draws ({100 * done.sum() / max(total, 1):.1f} %)", markup=False)
+    from uqcampaign.pipeline.store import read_unit_stats
+
+    stats = read_unit_stats(group)
+    if stats:
+        workers = sorted({s.worker for s in stats})
+        console.print(
+            f"units:    {len(stats)} run, {sum(s.seconds for s in stats):.1f} s of sampling, "
+            f"{len(workers)} worker(s), devices {', '.join(sorted({s.device for s in stats}))}",
+            markup=False,
+        )
+    summary = "summary" in group and len(list(group["summary"].array_keys())) > 0
+    console.print(f"summary:  {'present' if summary else 'absent (run `uqc reduce STORE`)'}", markup=False)
+
+
+@app.command()
+@handled
+def demo(out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the store and the maps.")) -> None:
+    """Run examples/demo.yaml end to end: run, reduce, report, maps."""
+    from uqcampaign.pipeline.demo import run_demo
+
+    run_demo(out, console=console)
+
+
+@app.command("train-prior")
+@handled
+def train_prior(
+    kind: str = typer.Argument(..., help="Prior kind to train (diffusion, consistency, latent-consistency)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the save_pretrained model."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Training steps per stage (default: the kind's)."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
+    dataset: str = typer.Option("digits16", help="Training data set (shipped with a package)."),
+) -> None:
+    """Train a small learned prior on a data set shipped with a package."""
+    from uqcampaign.kernels.training import train_prior as _train
+
+    path = _train(kind, out, dataset=dataset, steps=steps, device=device, resume=resume, force=force)
+    console.print(f"prior written to {path}", markup=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

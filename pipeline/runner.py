@@ -1,0 +1,111 @@
+"""Run a campaign in this process (no Ray): create or reopen the store, run the pending units.
+
+Resuming: a unit's draws depend only on the campaign seed, so a store written by the *same*
+campaign (same config hash) is always continued — with or without ``--resume`` — and the
+output says so; finished units are skipped, a half-done unit recomputes its done chunks
+without writing them. A store of another campaign is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zarr
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from uqcampaign.pipeline.config import Campaign
+from uqcampaign.pipeline.store import StoreLayout, consolidate, create_or_open, draws_done
+from uqcampaign.pipeline.units import load_components, pending_units, run_unit
+
+__all__ = ["RunResult", "prepare_store", "run_campaign", "draw_progress"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_campaign` did."""
+
+    store: str
+    units_run: int
+    units_total: int
+    draws_written: int  # chain-draws
+    seconds: float
+    messages: list[str] = field(default_factory=list)
+
+
+def prepare_store(
+    campaign: Campaign, *, force: bool = False, prior: Any = None, operator: Any = None, say: Callable[[str], None] | None = None
+) -> tuple[zarr.Group, list[str], tuple[Any, Any, Any]]:
+    """Create or reopen the campaign's store; returns (group, messages, (prior, operator, sampler)).
+
+    ``say`` receives each message (``--force`` removal, resuming) before its action happens.
+    A new store gets ``y``/``x_true`` from :func:`~uqcampaign.pipeline.data.load_or_simulate`
+    and the component descriptions in its attrs. The Ray driver calls this too.
+    """
+    from uqcampaign.pipeline.data import load_or_simulate
+
+    components = load_components(campaign, prior, operator)
+
+    def layout() -> StoreLayout:
+        prior_, operator_, sampler_ = components
+        y, x_true = load_or_simulate(campaign, prior_, operator_)
+        descriptions = {"operator": operator_.describe(), "prior": prior_.describe(), "sampler": sampler_.describe()}
+        return StoreLayout(y=y, x_true=x_true, img_shape=tuple(prior_.img_shape), descriptions=descriptions)
+
+    group, messages = create_or_open(campaign, force=force, layout=layout, say=say)
+    return group, messages, components
+
+
+class _DrawRate(ProgressColumn):
+    """Chain-draws per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} draws/s" if speed else "- draws/s", style="progress.data.speed")
+
+
+def draw_progress(console: Console | None, enabled: bool) -> Progress:
+    """The progress bar of ``run`` (chain-draws, draws/s, ETA)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _DrawRate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def run_campaign(campaign: Campaign, *, resume: bool = False, force: bool = False, progress: bool = True, console: Console | None = None) -> RunResult:
+    """Run every pending unit of ``campaign`` in this process and consolidate the store metadata.
+
+    ``resume`` is accepted for symmetry with the Ray driver: a store of the same campaign is
+    continued either way (see the module docstring). Messages (resuming, ``--force``
+    removal) are printed on ``console`` before any work and returned.
+    """
+    console = console or Console(stderr=True)
+    start = time.perf_counter()
+    group, messages, (prior, operator, _) = prepare_store(campaign, force=force, say=lambda text: console.print(text, markup=False))
+    if resume and not messages:
+        console.print(f"{campaign.store_location}: no earlier run to resume; starting")
+    done = draws_done(group)
+    units = pending_units(campaign, done)
+    total = done.shape[0] * campaign.n_blocks
+    remaining = int((campaign.draws - done).clip(min=0).sum())
+    written = 0
+    with draw_progress(console, progress and bool(units)) as bar:
+        task = bar.add_task(f"{campaign.name}: {len(units)}/{total} units", total=remaining)
+        for unit in units:
+            stats = run_unit(campaign, unit, group, prior=prior, operator=operator, on_chunk=lambda n: bar.advance(task, n))
+            chains = campaign.block_chains(unit.block)
+            written += stats.draws_written * (chains.stop - chains.start)
+    consolidate(group)
+    seconds = time.perf_counter() - start
+    return RunResult(campaign.store_location, len(units), total, written, seconds, messages)

@@ -1,0 +1,136 @@
+"""`uqc`: bad inputs give one line `error: …` and exit code 2; commands run end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.cli import app
+from uqcampaign.pipeline.config import load_campaign
+from uqcampaign.pipeline.demo import DEMO_YAML, run_demo
+from uqcampaign.pipeline.runner import prepare_store, run_campaign
+
+runner = CliRunner()
+
+
+def _one_line_error(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _files_campaign(write_campaign, tmp_path: Path, y: np.ndarray, truth: np.ndarray | None = None) -> Path:
+    np.save(tmp_path / "y.npy", y)
+    data = {"y": "y.npy"}
+    if truth is not None:
+        np.save(tmp_path / "x.npy", truth)
+        data["truth"] = "x.npy"
+    return write_campaign(data=data)
+
+
+def test_missing_and_invalid_yaml(tmp_path: Path) -> None:
+    assert "not found" in _one_line_error(["run", str(tmp_path / "none.yaml"), "--in-process"])
+    (tmp_path / "bad.yaml").write_text("name: [x\n")
+    assert "invalid YAML" in _one_line_error(["run", str(tmp_path / "bad.yaml"), "--in-process"])
+
+
+def test_unknown_key(write_campaign) -> None:
+    path = write_campaign(drawz=3)
+    line = _one_line_error(["run", str(path), "--in-process"])
+    assert "unknown key 'drawz'" in line and "campaign.yaml:" in line
+
+
+@pytest.mark.parametrize(
+    ("y_shape", "nan", "truth_shape", "expected"),
+    [
+        ((2, 1, 8, 7), False, None, "data.y has shape (2, 1, 8, 7) but the operator expects (M, 1, 8, 8)"),
+        ((2, 1, 8, 8), True, None, "data.y holds 1 NaN/Inf values"),
+        ((2, 1, 8, 8), False, (3, 1, 8, 8), "data.truth has shape (3, 1, 8, 8) but (2, 1, 8, 8) is expected"),
+    ],
+)
+def test_bad_data_files(write_campaign, tmp_path: Path, y_shape, nan, truth_shape, expected) -> None:
+    y = np.full(y_shape, 0.5, np.float32)
+    if nan:
+        y[1, 0, 2, 3] = np.nan
+    truth = None if truth_shape is None else np.zeros(truth_shape, np.float32)
+    line = _one_line_error(["run", str(_files_campaign(write_campaign, tmp_path, y, truth)), "--in-process"])
+    assert expected in line and ".npy" in line
+
+
+def test_store_of_another_campaign(write_campaign) -> None:
+    run_campaign(load_campaign(write_campaign("a.yaml", name="first")), progress=False)
+    second = write_campaign("b.yaml", name="second", seed=9)
+    line = _one_line_error(["run", str(second), "--in-process"])
+    assert "campaign 'first'" in line and "--force" in line
+    result = runner.invoke(app, ["run", str(second), "--in-process", "--force", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "--force: removing" in result.stderr and "campaign 'first'" in result.stderr
+
+
+def test_read_only_store_location(write_campaign) -> None:
+    path = write_campaign(store="/sys/uqcampaign-read-only-test/store.zarr")
+    assert "cannot create the store" in _one_line_error(["run", str(path), "--in-process"])
+
+
+def test_reduce_with_no_draws(write_campaign) -> None:
+    prepare_store(load_campaign(write_campaign()))
+    _one_line_error(["reduce", str(Path(write_campaign()).parent / "store.zarr")])
+
+
+def test_debug_shows_the_exception(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["--debug", "run", str(tmp_path / "none.yaml")])
+    assert isinstance(result.exception, UQError)
+
+
+def test_console_script_error_is_one_line(tmp_path: Path) -> None:
+    uqc = Path(sys.executable).with_name("uqc")
+    proc = subprocess.run([str(uqc), "run", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+def test_run_inspect_reduce_report_maps(write_campaign, tmp_path: Path) -> None:
+    path = write_campaign()
+    result = runner.invoke(app, ["run", str(path), "--in-process", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    store = str(tmp_path / "store.zarr")
+    assert f"store: {store}" in result.stdout
+    result = runner.invoke(app, ["inspect", store])
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.stdout and "84/84 chain-draws" in result.stdout and "absent" in result.stdout
+    result = runner.invoke(app, ["maps", store, "--out", str(tmp_path / "maps")])  # no summary yet: maps reduces first
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "maps").glob("*.png"))
+    assert "present" in runner.invoke(app, ["inspect", store]).stdout
+    assert runner.invoke(app, ["reduce", store, "--level", "0.8"]).exit_code == 0
+    assert runner.invoke(app, ["report", store]).exit_code == 0
+    assert "outside (0, 1)" in _one_line_error(["reduce", store, "--level", "1.5"])
+
+
+def test_demo_yaml_meets_the_issue() -> None:
+    campaign = load_campaign(DEMO_YAML)
+    assert campaign.data.simulate.count >= 4 and campaign.chains >= 32
+    assert campaign.sampler["kind"] == "ula" and campaign.prior["kind"] == "gmm"
+    assert Path(campaign.resolve(campaign.prior["file"])).is_file()
+    assert campaign.operator["kind"] in ("inpaint", "blur") and campaign.noise.sigma == 0.05
+
+
+def test_run_demo_on_a_tiny_campaign(tmp_path: Path) -> None:
+    spec = yaml.safe_load(DEMO_YAML.read_text())
+    spec.update(chains=4, draws=6, chunks={"chains": 2, "draws": 3}, data={"simulate": {"count": 2}})
+    spec["sampler"].update(burn_in=2, thin=1)
+    spec["prior"]["file"] = str(DEMO_YAML.parent.parent / "priors" / "digits16.npz")
+    tiny = tmp_path / "demo.yaml"
+    tiny.write_text(yaml.safe_dump(spec))
+    out = run_demo(tmp_path / "out", yaml_path=tiny, progress=False)
+    assert out["store"] == str(tmp_path / "out" / "demo.zarr")
+    assert out["maps"] and all(Path(p).is_file() for p in out["maps"])

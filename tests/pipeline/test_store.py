@@ -1,0 +1,138 @@
+"""The Zarr store: layout of DESIGN §4, xarray view, refusal of other campaigns, write guards."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from zarr.storage import LocalStore
+
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.config import load_campaign
+from uqcampaign.pipeline.runner import prepare_store, run_campaign
+from uqcampaign.pipeline.store import mark_done, open_store, read_unit_stats, write_draw_block
+from uqcampaign.pipeline.units import Unit, run_unit
+
+
+def test_layout_dims_chunks_attrs(write_campaign) -> None:
+    campaign = load_campaign(write_campaign())
+    run_campaign(campaign, progress=False)
+    group = zarr.open_group(campaign.store_location, mode="r")
+    samples = group["samples"]
+    assert samples.shape == (2, 6, 7, 1, 8, 8) and samples.chunks == (1, 4, 3, 1, 8, 8)
+    assert samples.dtype == np.float32 and np.isnan(samples.fill_value)
+    assert samples.metadata.dimension_names == ("measurement", "chain", "draw", "channel", "y", "x")
+    assert group["draws_done"].chunks == (1, 4) and group["draws_done"].dtype == np.int32
+    assert group["y"].metadata.dimension_names == ("measurement", "obs_channel", "obs_y", "obs_x")
+    assert group["x_true"].metadata.dimension_names == ("measurement", "channel", "y", "x")
+    assert group["units/seconds"].shape == (2, 2) and group["units/worker"].shape == (2, 2, 64)
+    attrs = dict(group.attrs)
+    assert attrs["config_hash"] == campaign.config_hash() and attrs["campaign"]["name"] == "tiny"
+    assert attrs["sampler"] == {"kind": "exact"} and attrs["operator"]["kind"] == "inpaint"
+    assert attrs["prior"]["kind"] == "gaussian" and attrs["initialized"] is True
+    assert attrs["uqcampaign_version"] and attrs["created"]
+    assert (np.asarray(group["draws_done"][...]) == 7).all()
+    assert np.isfinite(samples[...]).all()
+    stats = read_unit_stats(group)
+    assert len(stats) == 4 and all(s.draws_written == 7 and s.device == "cpu" and ":" in s.worker for s in stats)
+    # Consolidated metadata: xarray opens the store with no warning and labelled dims.
+    assert "consolidated_metadata" in json.loads((Path(campaign.store_location) / "zarr.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(campaign.store_location)
+    assert ds["samples"].dims == ("measurement", "chain", "draw", "channel", "y", "x")
+    assert ds["x_true"].dims == ("measurement", "channel", "y", "x")
+    assert ds.sizes["measurement"] == 2 and ds.sizes["chain"] == 6 and ds.sizes["draw"] == 7
+
+
+def test_other_campaign_refused_and_force_says_what_it_removes(write_campaign) -> None:
+    first = load_campaign(write_campaign("a.yaml", name="first"))
+    run_campaign(first, progress=False)
+    second = load_campaign(write_campaign("b.yaml", name="second", seed=11))
+    with pytest.raises(UQError) as info:
+        prepare_store(second)
+    message = str(info.value)
+    assert "campaign 'first'" in message and "campaign 'second'" in message and "--force" in message
+    assert first.config_hash()[:12] in message and second.config_hash()[:12] in message
+    _, messages, _ = prepare_store(second, force=True)
+    assert len(messages) == 1 and "removing" in messages[0] and "'first'" in messages[0] and "84/84" in messages[0]
+    assert zarr.open_group(second.store_location, mode="r").attrs["campaign"]["name"] == "second"
+
+
+def test_same_campaign_reopens_without_force(write_campaign) -> None:
+    campaign = load_campaign(write_campaign())
+    run_campaign(campaign, progress=False)
+    renamed = load_campaign(write_campaign(name="renamed", reduce={"level": 0.8}))  # same draws, same hash
+    _, messages, _ = prepare_store(renamed)
+    assert "same campaign" in messages[0] and "complete" in messages[0]
+
+
+def test_non_store_folder_is_never_deleted(write_campaign, tmp_path: Path) -> None:
+    (tmp_path / "store.zarr").mkdir()
+    (tmp_path / "store.zarr" / "precious.txt").write_text("keep")
+    campaign = load_campaign(write_campaign())
+    for force in (False, True):
+        with pytest.raises(UQError, match="is not a uqcampaign store"):
+            prepare_store(campaign, force=force)
+    assert (tmp_path / "store.zarr" / "precious.txt").read_text() == "keep"
+
+
+def test_write_guards(write_campaign) -> None:
+    campaign = load_campaign(write_campaign())
+    group, _, _ = prepare_store(campaign)
+    block = np.zeros((4, 3, 1, 8, 8), np.float32)
+    with pytest.raises(UQError, match="not one chunk"):
+        write_draw_block(group, 0, slice(0, 4), slice(1, 4), block)
+    write_draw_block(group, 0, slice(0, 4), slice(0, 3), block)
+    mark_done(group, 0, slice(0, 4), 3)
+    with pytest.raises(UQError, match="already done"):
+        write_draw_block(group, 0, slice(0, 4), slice(0, 3), block + 1)
+    assert (group["samples"][0, :4, :3] == 0).all()
+
+
+def test_open_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(UQError, match="no store there"):
+        open_store(tmp_path / "absent.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UQError, match="not a readable Zarr v3 group"):
+        open_store(tmp_path / "plain")
+
+
+def test_read_only_location(write_campaign, tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root writes through permissions: use a location no one may create
+        store = "/sys/uqcampaign-read-only-test/store.zarr"
+    else:
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
+        store = str(tmp_path / "ro" / "store.zarr")
+    campaign = load_campaign(write_campaign(store=store))
+    with pytest.raises(UQError) as info:
+        prepare_store(campaign)
+    assert store in str(info.value) and "cannot create the store" in str(info.value)
+
+
+class DiskFullStore(LocalStore):
+    """A local store whose chunk writes fail like a full disk."""
+
+    async def set(self, key, value) -> None:  # noqa: ANN001
+        if "/c/" in key:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await super().set(key, value)
+
+
+def test_disk_full_write_is_one_line_error(write_campaign) -> None:
+    campaign = load_campaign(write_campaign())
+    prepare_store(campaign)
+    failing = zarr.open_group(DiskFullStore(campaign.store_location), mode="r+")
+    with pytest.raises(UQError) as info:
+        run_unit(campaign, Unit(0, 0), failing)
+    message = str(info.value)
+    assert campaign.store_location in message and "No space left on device" in message and "\n" not in message
+    assert (np.asarray(open_store(campaign.store_location)["draws_done"][...]) == 0).all()
