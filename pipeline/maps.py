@@ -1,0 +1,315 @@
+"""Uncertainty maps of a reduced store as PNG files (`uqc maps STORE --out DIR`).
+
+Per measurement ``m`` one figure sheet ``measurement-{m:03d}.png`` with one row of
+panels — truth (when known), ``y`` brought to image space by the operator's ``pinv``,
+posterior mean, posterior std, credible-interval width, ``|error|`` (when the truth is
+known) and R̂ — and the same panels as separate images ``measurement-{m:03d}/<key>.png``.
+
+Display conventions: image row 0 at the top (``origin="upper"``), nearest-neighbour
+pixels, no axis ticks. One channel: grayscale, truth / y / mean on one shared value
+range so that their grey levels compare; pixels an inpainting mask hides are red in the
+y panel (magenta for RGB) instead of reading as black. Three channels: RGB clipped to
+[0, 1] (no colour bar); std, CI width and ``|error|`` are averaged over channels, R̂ is
+the worst (largest) channel. Spread maps (std, CI width, ``|error|``) each have their own
+colour scale starting at 0. R̂ uses discrete bins with edges at 1.01, 1.05 and 1.1 (pale
+blue = converged, then yellow, orange, dark red); NaN R̂ (e.g. constant pixels) is grey.
+
+Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas: no ``pyplot``
+state, nothing left open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.report import RHAT_BAD, RHAT_WARN, SummaryView, open_summary
+
+__all__ = [
+    "Panel",
+    "MeasurementMaps",
+    "iter_measurement_maps",
+    "sheet_panels",
+    "build_sheet",
+    "build_panel_figure",
+    "write_maps",
+    "PANEL_SIZE",
+    "SINGLE_SIZE",
+    "DPI",
+]
+
+PANEL_SIZE = (2.5, 2.7)
+"""Width and height in inches of one panel of a sheet (before scaling up for large images)."""
+SINGLE_SIZE = (3.2, 2.8)
+"""Width and height in inches of a separate panel image (before scaling up for large images)."""
+DPI = 110
+RHAT_EDGES = (RHAT_WARN, 1.05, RHAT_BAD)
+RHAT_COLOURS = ("#deebf7", "#fed976", "#fd8d3c", "#bd0026")  # converged, then worse and worse
+GRAY = colormaps["gray"].with_extremes(bad="#d62728")  # NaN (e.g. unobserved y pixels) in red
+HIDDEN_RGB = (1.0, 0.0, 1.0)  # unobserved y pixels of RGB images: magenta
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One image of a sheet.
+
+    ``image`` is `(H, W)` (drawn with ``cmap``/``norm`` and a colour bar labelled
+    ``label``) or `(H, W, 3)` RGB in [0, 1] (drawn as is, no colour bar).
+    ``key`` is the file stem of the separate image, e.g. ``"mean"``.
+    """
+
+    key: str
+    title: str
+    image: np.ndarray
+    cmap: str | Colormap | None = None
+    norm: Normalize | None = None
+    label: str | None = None
+    ticks: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MeasurementMaps:
+    """The arrays behind the panels of one measurement, all `(C, H, W)` float64.
+
+    ``truth`` and ``error`` (= mean − truth) are None when the truth is unknown;
+    ``y_image`` is ``pinv(y)``; ``level`` is the credible level of the interval;
+    ``hidden`` (bool `(C, H, W)`, inpainting only) marks the pixels the mask hides.
+    """
+
+    measurement: int
+    truth: np.ndarray | None
+    y_image: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    ci_lower: np.ndarray
+    ci_upper: np.ndarray
+    error: np.ndarray | None
+    rhat: np.ndarray
+    level: float
+    hidden: np.ndarray | None = None
+
+
+def _image_operator(view: SummaryView, img_shape: tuple[int, int, int]) -> tuple[Any, np.ndarray | None]:
+    """The store's operator (float64) and, for inpainting, the pixels its mask hides `(C, H, W)` bool."""
+    import torch
+
+    from uqcampaign.kernels.operators import build_operator
+
+    spec = view.describe("operator")
+    if not spec:
+        raise UQError(f"store {view.name} has no `operator` attr: it was not written by `uqc run`; recreate it")
+    root = view.root.attrs.get("campaign_root")
+    operator = build_operator(spec, img_shape, None if root is None else Path(root)).to(dtype=torch.float64)
+    hidden = None
+    if spec.get("kind") == "inpaint":  # Aᵀ A 1 = mask: exactly 0 where a pixel is not observed
+        with torch.no_grad():
+            hidden = operator.A_T(operator.A(torch.ones((1, *img_shape), dtype=torch.float64)))[0].numpy() == 0
+    return operator, hidden
+
+
+def iter_measurement_maps(view: SummaryView) -> Iterator[MeasurementMaps]:
+    """The maps of each measurement of an opened store, read one measurement at a time.
+
+    Memory holds one measurement's images, never the whole summary: `(C, H, W)` arrays.
+    """
+    import torch
+
+    img_shape = tuple(int(n) for n in view.summary["mean"].shape[1:])
+    operator, hidden = _image_operator(view, img_shape)  # type: ignore[arg-type]
+    has_truth = "x_true" in view.root
+    for m in range(view.n_measurements):
+        mean, std, lower, upper, rhat = (np.asarray(view.summary[k][m], dtype=np.float64) for k in ("mean", "std", "ci_lower", "ci_upper", "rhat"))
+        truth = np.asarray(view.root["x_true"][m], dtype=np.float64) if has_truth else None
+        with torch.no_grad():
+            y_image = operator.pinv(torch.as_tensor(np.asarray(view.root["y"][m : m + 1]), dtype=torch.float64))[0].numpy()
+        yield MeasurementMaps(
+            measurement=m,
+            truth=truth,
+            y_image=y_image,
+            mean=mean,
+            std=std,
+            ci_lower=lower,
+            ci_upper=upper,
+            error=None if truth is None else mean - truth,
+            rhat=rhat,
+            level=view.level,
+            hidden=hidden,
+        )
+
+
+def _finite_range(*images: np.ndarray, lo_q: float = 0.0, hi_q: float = 100.0) -> tuple[float, float]:
+    """Percentile range of the finite values of ``images`` (a small span when they are constant)."""
+    values = np.concatenate([np.ravel(a) for a in images])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [lo_q, hi_q]))
+    return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
+
+
+def _to_display(image: np.ndarray) -> np.ndarray:
+    """`(C, H, W)` → `(H, W)` for one channel, `(H, W, 3)` clipped to [0, 1] for three, channel mean otherwise."""
+    if image.shape[0] == 3:
+        return np.clip(np.moveaxis(image, 0, -1), 0.0, 1.0)
+    return image[0] if image.shape[0] == 1 else image.mean(axis=0)
+
+
+def _scalar_map(image: np.ndarray, worst: bool = False) -> np.ndarray:
+    """`(C, H, W)` → `(H, W)`: the channel itself, else the per-channel mean (``worst``: the NaN-skipping max)."""
+    if image.shape[0] == 1:
+        return image[0]
+    if not worst:
+        return image.mean(axis=0)
+    finite = np.isfinite(image).any(axis=0)
+    return np.where(finite, np.nanmax(np.where(np.isfinite(image), image, -np.inf), axis=0), np.nan)
+
+
+def _rhat_norm(rhat: np.ndarray) -> tuple[ListedColormap, BoundaryNorm, tuple[float, ...]]:
+    """Discrete R̂ scale: bins [low, 1.01), [1.01, 1.05), [1.05, 1.1), [1.1, high]."""
+    low, high = _finite_range(rhat)
+    edges = (min(1.0, low), *RHAT_EDGES, max(1.2, high))
+    cmap = ListedColormap(list(RHAT_COLOURS)).with_extremes(bad="#808080")
+    return cmap, BoundaryNorm(edges, cmap.N), edges
+
+
+def _value_panels(maps: MeasurementMaps) -> list[Panel]:
+    """Truth (when known), ``pinv(y)`` and posterior mean: one grey scale, or RGB clipped to [0, 1]."""
+    rgb = maps.mean.shape[0] == 3
+    images = [maps.y_image, maps.mean] + ([] if maps.truth is None else [maps.truth])
+    style = {"cmap": None, "norm": None, "label": None}
+    if not rgb:
+        style = {"cmap": GRAY, "norm": Normalize(*_finite_range(*images, lo_q=0.5, hi_q=99.5)), "label": "value"}
+    y_image, y_title = _to_display(maps.y_image), "y in image space (pinv)"
+    if maps.hidden is not None and maps.hidden.all(axis=0).any():
+        # pinv(y) is 0 where the mask hides a pixel, which would read as a dark observed pixel.
+        y_image = y_image.copy()
+        y_image[maps.hidden.all(axis=0)] = HIDDEN_RGB if rgb else np.nan
+        y_title = f"y (pinv), {'magenta' if rgb else 'red'} = unobserved"
+    panels = [] if maps.truth is None else [Panel("truth", "truth", _to_display(maps.truth), **style)]
+    return panels + [Panel("y", y_title, y_image, **style), Panel("mean", "posterior mean", _to_display(maps.mean), **style)]
+
+
+def sheet_panels(maps: MeasurementMaps) -> list[Panel]:
+    """The panels of one measurement in sheet order (5 without truth, 7 with).
+
+    Spread maps (std, CI width, ``|error|``) each start their colour scale at 0.
+    """
+    channels = maps.mean.shape[0]
+    mean_of = "" if channels == 1 else f", mean of {channels} ch."
+    std = _scalar_map(maps.std)
+    width = _scalar_map(maps.ci_upper - maps.ci_lower)
+    panels = _value_panels(maps) + [
+        Panel("std", "posterior std" + mean_of, std, "viridis", Normalize(0.0, _finite_range(std)[1]), "std"),
+        Panel("ci_width", f"{maps.level * 100:g}% CI width" + mean_of, width, "viridis", Normalize(0.0, _finite_range(width)[1]), "upper − lower"),
+    ]
+    if maps.error is not None:
+        abs_error = _scalar_map(np.abs(maps.error))
+        panels.append(Panel("abs_error", "|mean − truth|" + mean_of, abs_error, "viridis", Normalize(0.0, _finite_range(abs_error)[1]), "|error|"))
+    rhat = _scalar_map(maps.rhat, worst=True)  # a mean over channels would hide a channel that did not converge
+    rhat_max = float(np.nanmax(rhat)) if np.isfinite(rhat).any() else float("nan")
+    cmap, norm, edges = _rhat_norm(rhat)
+    worst = "" if channels == 1 else f", worst of {channels} ch."
+    panels.append(Panel("rhat", f"R̂{worst} (max {rhat_max:.3f})", rhat, cmap, norm, "R̂", edges))
+    return panels
+
+
+def _draw(fig: Figure, ax: Any, panel: Panel) -> None:
+    """Draw ``panel`` on ``ax``: image, title, colour bar, no ticks."""
+    artist = ax.imshow(panel.image, cmap=panel.cmap, norm=panel.norm, origin="upper", interpolation="nearest")
+    ax.set_title(panel.title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if panel.label is None:
+        return
+    bar = fig.colorbar(artist, ax=ax, shrink=0.85, pad=0.03, spacing="uniform")
+    bar.ax.tick_params(labelsize=7)
+    if panel.ticks is not None:
+        bar.set_ticks(list(panel.ticks), labels=[f"{t:.3g}" for t in panel.ticks])
+    else:
+        bar.locator = MaxNLocator(5)
+        bar.update_ticks()
+    bar.set_label(panel.label, fontsize=7)
+
+
+def _scale(panels: list[Panel], width_in: float) -> float:
+    """Figure scale ≥ 1 that gives every image pixel at least one PNG pixel (an image fills ~70% of a panel's width)."""
+    pixels = max(max(p.image.shape[:2]) for p in panels)
+    return max(1.0, pixels / (0.7 * width_in * DPI))
+
+
+def build_sheet(panels: list[Panel], title: str) -> Figure:
+    """One row of ``panels`` with colour bars and a ``title`` on top.
+
+    Size ``len(panels) × PANEL_SIZE`` inches at ``DPI``, scaled up for images larger than ~190 pixels.
+    """
+    scale = _scale(panels, PANEL_SIZE[0])
+    fig = Figure(figsize=(PANEL_SIZE[0] * len(panels) * scale, PANEL_SIZE[1] * scale), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        _draw(fig, ax, panel)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def build_panel_figure(panel: Panel, title: str) -> Figure:
+    """A single panel as its own figure, ``title`` (e.g. "measurement 0") above the panel's own title.
+
+    Size ``SINGLE_SIZE`` inches at ``DPI``, scaled up for images larger than ~245 pixels.
+    """
+    scale = _scale([panel], SINGLE_SIZE[0])
+    fig = Figure(figsize=(SINGLE_SIZE[0] * scale, SINGLE_SIZE[1] * scale), dpi=DPI, layout="constrained")
+    _draw(fig, fig.subplots(), panel)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _sheet_title(view: SummaryView, m: int, done: np.ndarray) -> str:
+    """E.g. "inpaint-gmm · measurement 3 · 6400 draws over 32 chains · sampler ula · 90% coverage 0.912"."""
+    name = view.campaign.get("name", Path(view.name).stem)
+    sampler = view.describe("sampler").get("kind")
+    parts = [str(name), f"measurement {m}", f"{int(done[m].sum())} draws over {done.shape[1]} chains"]
+    if sampler:
+        parts.append(f"sampler {sampler}")
+    if view.has_truth:
+        parts.append(f"{view.level * 100:g}% coverage {float(view.summary['coverage'][m]):.3f}")
+    return " · ".join(parts)
+
+
+def write_maps(store: Any, out_dir: str | Path, *, reduce_if_missing: bool = True) -> list[Path]:
+    """Write the sheet and the separate panels of every measurement of ``store`` under ``out_dir``.
+
+    A store without ``summary/`` is reduced first when ``reduce_if_missing`` (else
+    :class:`UQError` says to run ``uqc reduce STORE``); a store without draws is an
+    error. Returns the paths written, sheet first then its panels, per measurement.
+    """
+    view = open_summary(store, reduce_if_missing=reduce_if_missing)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UQError(f"cannot create the maps folder {out}: {exc.strerror}; give a writable --out") from exc
+    done = np.asarray(view.root["draws_done"][...]).reshape(view.n_measurements, -1)  # (M, chain)
+    written: list[Path] = []
+    name = view.campaign.get("name", Path(view.name).stem)
+    for maps in iter_measurement_maps(view):
+        m = maps.measurement
+        panels = sheet_panels(maps)
+        sheet = out / f"measurement-{m:03d}.png"
+        build_sheet(panels, _sheet_title(view, m, done)).savefig(sheet)
+        written.append(sheet)
+        folder = out / f"measurement-{m:03d}"
+        folder.mkdir(exist_ok=True)
+        for panel in panels:
+            path = folder / f"{panel.key}.png"
+            build_panel_figure(panel, f"{name} · measurement {m}").savefig(path)
+            written.append(path)
+    return written

@@ -1,0 +1,251 @@
+"""Per-measurement summary table of a reduced store (`uqc report STORE`).
+
+Reads the ``summary/`` group that :func:`uqcampaign.pipeline.reduce.reduce_store`
+writes (DESIGN §4) and condenses each measurement into one row: draws done out of
+planned, coverage of the credible interval (when the truth is known), the worst
+R̂ and the smallest bulk/tail ESS over pixels, and the mean data-fidelity χ².
+
+:func:`open_summary` is also the entry point of :mod:`uqcampaign.pipeline.maps`:
+it checks that the store holds draws and a summary, and reduces first on request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.store import open_store, store_location
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "RHAT_WARN",
+    "RHAT_BAD",
+    "CHI2_BAND",
+    "SummaryView",
+    "open_summary",
+    "report_rows",
+    "print_report",
+]
+
+RHAT_WARN = 1.01
+"""R̂ above this flags a measurement (Vehtari et al. 2021 recommend R̂ < 1.01)."""
+RHAT_BAD = 1.1
+"""R̂ above this means the chains clearly disagree (drawn in dark red on the maps)."""
+CHI2_BAND = (0.5, 2.0)
+"""Mean χ² = ||y − A x||²/(σ² · dim y) outside this band flags a measurement: a well-fitted
+posterior sample has χ² ≈ 1; far below means over-fitting the noise, far above a hallucination."""
+
+
+@dataclass(frozen=True)
+class SummaryView:
+    """What maps and report read from one store.
+
+    ``root`` is the store's root group, ``summary`` its ``summary/`` group, ``campaign``
+    the validated campaign config (``{}`` when the attrs lack it), ``level`` the
+    credible level of ``ci_lower``/``ci_upper``, ``name`` a printable store name.
+    """
+
+    root: zarr.Group
+    summary: zarr.Group
+    campaign: dict[str, Any]
+    level: float
+    name: str
+
+    @property
+    def n_measurements(self) -> int:
+        return int(self.summary["mean"].shape[0])
+
+    @property
+    def has_truth(self) -> bool:
+        return "x_true" in self.root and "coverage" in self.summary
+
+    def describe(self, key: str) -> dict[str, Any]:
+        """Root attr ``key`` (``operator``, ``sampler``, ``prior``) as a dict, else the campaign's entry, else ``{}``."""
+        return _json_attr(self.root.attrs.get(key, {})) or _json_attr(self.campaign.get(key, {}))
+
+    def array(self, key: str) -> np.ndarray:
+        """``summary/<key>`` read whole; meant for the per-measurement arrays `(M,)` (images: index by measurement)."""
+        return np.asarray(self.summary[key][...])
+
+
+def _as_group(store: Any) -> tuple[zarr.Group, str]:
+    """The root group of ``store`` (path, URL, Zarr store or group) and its printable location.
+
+    Stale consolidated metadata (written by ``run`` before ``reduce`` added ``summary/``)
+    would hide the summary: a store opened from a location is then re-read without it.
+    """
+    root = open_store(store)
+    if "summary" not in root and not isinstance(store, zarr.Group):
+        root = zarr.open_group(root.store, mode="r", zarr_format=3, use_consolidated=False)
+    return root, store_location(root)
+
+
+def _json_attr(value: Any) -> dict[str, Any]:
+    """A root attr that holds a dict, either as such or as a JSON string."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _require_draws(root: zarr.Group, name: str) -> None:
+    if "draws_done" not in root or int(np.asarray(root["draws_done"][...]).sum()) == 0:
+        raise UQError(f"store {name} holds no draws yet (draws_done is 0 everywhere): run `uqc run CAMPAIGN.yaml` first")
+
+
+def _level(summary: zarr.Group, campaign: dict[str, Any]) -> float:
+    """Credible level: attr ``level`` of ``ci_lower``, else of ``summary/``, else the campaign's ``reduce.level``."""
+    for attrs in (summary["ci_lower"].attrs, summary.attrs):
+        if "level" in attrs:
+            return float(attrs["level"])
+    return float(campaign.get("reduce", {}).get("level", 0.9))
+
+
+def open_summary(store: Any, *, reduce_if_missing: bool = False) -> SummaryView:
+    """Open ``store`` for reading its summary.
+
+    Raises :class:`UQError` when the store holds no draws, or has no ``summary/``
+    group and ``reduce_if_missing`` is False; with ``reduce_if_missing`` it runs
+    :func:`~uqcampaign.pipeline.reduce.reduce_store` first (imported lazily).
+    """
+    root, name = _as_group(store)
+    _require_draws(root, name)
+    if "summary" not in root or "mean" not in root["summary"]:
+        if not reduce_if_missing:
+            raise UQError(f"store {name} has no summary/ group: run `uqc reduce {name}` first")
+        from uqcampaign.pipeline.reduce import reduce_store
+
+        reduce_store(store, progress=False)
+        root, name = _as_group(store)
+    campaign = _json_attr(root.attrs.get("campaign", {}))
+    summary = root["summary"]
+    return SummaryView(root=root, summary=summary, campaign=campaign, level=_level(summary, campaign), name=name)
+
+
+def _chi2_per_measurement(view: SummaryView) -> np.ndarray:
+    """Mean χ² per measurement `(M,)`: ``summary/chi2``, else the NaN-skipping mean of ``chi2_draws`` `(M, chain, draw)`."""
+    if "chi2" in view.summary:
+        return view.array("chi2").astype(np.float64)
+    if "chi2_draws" not in view.summary:
+        return np.full(view.n_measurements, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN measurement: NaN, said in the table
+        return np.array([np.nanmean(np.asarray(view.summary["chi2_draws"][m], dtype=np.float64)) for m in range(view.n_measurements)])
+
+
+def _nan_reduce(func: Any, values: np.ndarray) -> float:
+    """``func`` over finite entries of ``values``; NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(func(finite)) if finite.size else math.nan
+
+
+def _flag(rhat_max: float, chi2: float) -> str:
+    reasons = []
+    if not math.isfinite(rhat_max) or rhat_max > RHAT_WARN:
+        reasons.append(f"R̂>{RHAT_WARN}" if math.isfinite(rhat_max) else "R̂ NaN")
+    if not math.isfinite(chi2) or not CHI2_BAND[0] <= chi2 <= CHI2_BAND[1]:
+        reasons.append("χ² far from 1" if math.isfinite(chi2) else "χ² NaN")
+    return ", ".join(reasons)
+
+
+def _planned(view: SummaryView) -> int | None:
+    """Draws planned per measurement: ``chains × draws`` of the campaign, else of the ``samples`` array."""
+    chains, draws = view.campaign.get("chains"), view.campaign.get("draws")
+    if (chains is None or draws is None) and "samples" in view.root:
+        chains, draws = view.root["samples"].shape[1:3]
+    return None if chains is None or draws is None else int(chains) * int(draws)
+
+
+def _rows(view: SummaryView) -> list[dict[str, Any]]:
+    """The rows of :func:`report_rows`, reading one measurement's images at a time."""
+    done = np.asarray(view.root["draws_done"][...]).reshape(view.n_measurements, -1).sum(axis=1)
+    planned = _planned(view)
+    coverage = view.array("coverage") if view.has_truth else None
+    chi2 = _chi2_per_measurement(view)
+    rows = []
+    for m in range(view.n_measurements):
+        rhat_max = _nan_reduce(np.max, np.asarray(view.summary["rhat"][m]))
+        chi2_m = float(chi2[m])
+        rows.append(
+            {
+                "measurement": m,
+                "draws_done": int(done[m]),
+                "draws_planned": planned,
+                "coverage": None if coverage is None else float(coverage[m]),
+                "rhat_max": rhat_max,
+                "ess_bulk_min": _nan_reduce(np.min, np.asarray(view.summary["ess_bulk"][m])),
+                "ess_tail_min": _nan_reduce(np.min, np.asarray(view.summary["ess_tail"][m])),
+                "chi2_mean": chi2_m,
+                "flag": _flag(rhat_max, chi2_m),
+            }
+        )
+    return rows
+
+
+def report_rows(store: Any) -> list[dict[str, Any]]:
+    """One dict per measurement of a reduced store.
+
+    Keys: ``measurement``, ``draws_done`` and ``draws_planned`` (summed over chains),
+    ``coverage`` (fraction of pixels whose truth lies in the interval; None without
+    truth), ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` (over channels and pixels,
+    NaN pixels ignored), ``chi2_mean``, ``flag`` ("" when fine, else the reasons).
+    Raises :class:`UQError` when the store has no draws or no ``summary/`` group.
+    """
+    return _rows(open_summary(store))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def print_report(store: Any, console: Console | None = None) -> None:
+    """Print the rows of :func:`report_rows` as a ``rich`` table on ``console`` (stdout by default)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    view = open_summary(store)
+    rows = _rows(view)
+    level = f"{view.level * 100:g}%"
+    name = view.campaign.get("name", Path(view.name).stem)
+    sampler = view.describe("sampler").get("kind", "?")
+    table = Table(
+        title=f"{name} · sampler {sampler} · {level} credible intervals",
+        caption=(
+            f"draws: done/planned over all chains · coverage: fraction of pixels whose truth lies in the "
+            f"{level} interval · R̂ max: worst split rank-normalised R̂ over pixels (flag > {RHAT_WARN}) · "
+            f"ESS min: smallest bulk/tail effective sample size over pixels · χ²: mean ||y − Ax||²/(σ²·dim y) "
+            f"over draws (≈ 1 expected, flag outside [{CHI2_BAND[0]}, {CHI2_BAND[1]}])"
+        ),
+        caption_justify="left",
+    )
+    table.add_column("meas.", justify="right")
+    table.add_column("draws", justify="right")
+    table.add_column("coverage", justify="right")
+    table.add_column("R̂ max", justify="right")
+    table.add_column("ESS bulk min", justify="right")
+    table.add_column("ESS tail min", justify="right")
+    table.add_column("χ² mean", justify="right")
+    table.add_column("flag", style="bold red")
+    for row in rows:
+        planned = "?" if row["draws_planned"] is None else str(row["draws_planned"])
+        rhat_style = "red" if not math.isfinite(row["rhat_max"]) or row["rhat_max"] > RHAT_WARN else "green"
+        table.add_row(
+            str(row["measurement"]),
+            f"{row['draws_done']}/{planned}",
+            _fmt(row["coverage"], ".3f"),
+            f"[{rhat_style}]{_fmt(row['rhat_max'], '.4f')}[/]",
+            _fmt(row["ess_bulk_min"], ".0f"),
+            _fmt(row["ess_tail_min"], ".0f"),
+            _fmt(row["chi2_mean"], ".3f"),
+            row["flag"],
+        )
+    (console or Console()).print(table)
