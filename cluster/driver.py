@@ -1,0 +1,210 @@
+"""``uqc run`` on Ray: one prior-holding actor per worker slot, spread over the nodes.
+
+Steps of :func:`run_campaign_ray`:
+
+1. attach to Ray (``local`` starts one sized to this machine; ``auto``/``ray://``/``host:port``
+   join a cluster, an unreachable one fails in seconds), see :mod:`.connect`;
+2. size the pool from the alive nodes (``workers × gpus_per_worker`` must fit), see
+   :mod:`.resources`; a local store path with nodes on other hosts is warned about;
+3. create or reopen the store (the same steps as the in-process runner); the units that
+   ``draws_done`` marks complete are skipped, so ``--resume`` after a killed driver finishes
+   only the rest;
+4. reserve one placement-group bundle ``{CPU: k, GPU: gpus_per_worker}`` per worker with
+   strategy ``SPREAD`` and start one :class:`~.worker.HostedWorker` actor in each;
+5. feed the units with :class:`~.scheduler.UnitScheduler` (re-queues the unit of a dead
+   worker, starts a replacement) under a progress bar (chain-draws, draws/s, ETA);
+6. keep the run's Ray facts in the store's ``ray`` attribute (per-unit node/GPU are in
+   ``units/worker``, see :func:`~.worker.worker_label`) and consolidate the metadata.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import zarr
+from rich.console import Console
+
+from uqcampaign.cluster.connect import Connection, check_store_reachable, connect, disconnect
+from uqcampaign.cluster.resources import WorkerShape, alive_node_resources, bundles, size_workers
+from uqcampaign.cluster.scheduler import UnitScheduler
+from uqcampaign.cluster.worker import HostedWorker
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.config import Campaign
+from uqcampaign.pipeline.runner import RunResult, draw_progress, prepare_store
+from uqcampaign.pipeline.store import consolidate, create_or_open, draws_done, existing_store_info
+from uqcampaign.pipeline.units import Unit, pending_units
+
+__all__ = ["run_campaign_ray", "open_campaign_store"]
+
+PLACEMENT_TIMEOUT_S = 60.0
+
+
+def open_campaign_store(campaign: Campaign, *, force: bool = False) -> tuple[zarr.Group, list[str]]:
+    """Create or reopen the campaign's store with the in-process runner's steps.
+
+    A store this campaign already started is reopened without loading the prior here: the
+    driver does not sample, and on a cluster the prior may live only on the worker nodes.
+    """
+    attrs = existing_store_info(campaign.store_location)
+    resumable = attrs is not None and attrs.get("config_hash") == campaign.config_hash() and attrs.get("initialized", False)
+    if resumable and not force:
+
+        def never() -> Any:  # pragma: no cover - create_or_open reopens, it never lays out
+            raise AssertionError("an existing store needs no layout")
+
+        return create_or_open(campaign, force=False, layout=never)
+    group, messages, _ = prepare_store(campaign, force=force)
+    return group, messages
+
+
+def _placement_group(shape: WorkerShape) -> Any:
+    """A ready SPREAD placement group of one bundle per worker; UQError when it cannot be placed."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group(bundles(shape), strategy="SPREAD")
+    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(group)
+        raise UQError(
+            f"Ray could not place {shape.workers} workers of {shape.cpus} CPUs and {shape.gpus:g} GPUs in {PLACEMENT_TIMEOUT_S:g} s "
+            f"(free: {ray.available_resources()}); lower --workers or free the cluster"
+        )
+    return group
+
+
+def _actor_factory(campaign: Campaign, shape: WorkerShape, group: Any, tag: str) -> Any:
+    """``make_actor(slot, generation)``: a HostedWorker actor pinned to bundle ``slot``."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    remote_cls = ray.remote(HostedWorker)
+    config, location, root = campaign.to_json(), campaign.store_location, str(campaign.root)
+
+    def make_actor(slot: int, generation: int) -> Any:
+        return remote_cls.options(
+            name=f"uqc-{tag}-w{slot}.{generation}",
+            num_cpus=shape.cpus,
+            num_gpus=shape.gpus,
+            max_restarts=0,
+            max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=slot),
+        ).remote(config, location, None, root)
+
+    return make_actor
+
+
+def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, scheduler: UnitScheduler, seconds: float) -> None:
+    """Keep the Ray facts of this run in the store's ``ray`` attribute (appended on resume)."""
+    runs = list(dict(group.attrs).get("ray", {}).get("runs", []))
+    nodes = {w["label"].split(":")[1]: w["node_id"] for w in scheduler.stats.workers if w.get("node_id")}
+    runs.append(
+        {
+            "address": connection.address,
+            "workers": shape.workers,
+            "cpus_per_worker": shape.cpus,
+            "gpus_per_worker": shape.gpus,
+            "units_run": len(scheduler.results),
+            "actors_started": scheduler.stats.actors_started,
+            "actors_lost": scheduler.stats.actors_lost,
+            "units_requeued": scheduler.stats.units_requeued,
+            "seconds": round(seconds, 3),
+            "nodes": nodes,
+            "workers_seen": [
+                {k: w[k] for k in ("slot", "generation", "node_id", "gpu_ids", "device", "threads", "label")} for w in scheduler.stats.workers
+            ],
+        }
+    )
+    group.attrs["ray"] = {"runs": runs}
+
+
+def _run_units(
+    campaign: Campaign,
+    group: zarr.Group,
+    units: list[Unit],
+    shape: WorkerShape,
+    connection: Connection,
+    on_result: Any,
+    stall_timeout: float,
+    start: float,
+) -> list[dict[str, Any]]:
+    """Place the workers, run ``units`` on them, release everything, record the run in the store."""
+    from ray.util.placement_group import remove_placement_group
+
+    placement = _placement_group(shape)
+    scheduler = UnitScheduler(_actor_factory(campaign, shape, placement, uuid.uuid4().hex[:8]), shape.workers, units, on_result=on_result, stall_timeout=stall_timeout)
+    try:
+        return scheduler.run()
+    finally:
+        scheduler.shutdown()
+        remove_placement_group(placement)
+        _record(group, connection, shape, scheduler, time.perf_counter() - start)
+
+
+def run_campaign_ray(
+    campaign: Campaign,
+    *,
+    address: str | None = None,
+    workers: int | str | None = None,
+    gpus_per_worker: float | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    connect_timeout: float = 5.0,
+    stall_timeout: float = 120.0,
+) -> RunResult:
+    """Run the pending units of ``campaign`` on Ray; see the module docstring.
+
+    ``address``/``workers``/``gpus_per_worker`` override ``campaign.cluster``. ``resume`` only
+    changes the messages: a store of the same campaign is always continued (its complete
+    units skipped), as in the in-process runner; ``force`` deletes a store of another campaign.
+    Raises :class:`UQError` for an unreachable cluster, a pool the cluster cannot hold, and a
+    worker's bad input (e.g. its prior folder missing), after keeping every finished unit.
+    """
+    console = console or Console(stderr=True)
+    address = address or campaign.cluster.address
+    if address == "in-process":
+        from uqcampaign.pipeline.runner import run_campaign
+
+        return run_campaign(campaign, resume=resume, force=force, progress=progress, console=console)
+    workers = campaign.cluster.workers if workers is None else workers
+    gpus = campaign.cluster.gpus_per_worker if gpus_per_worker is None else gpus_per_worker
+    start = time.perf_counter()
+    connection = connect(address, timeout=connect_timeout)
+    try:
+        nodes = alive_node_resources()
+        shape = size_workers(nodes, workers, gpus)
+        check_store_reachable(campaign.store_location, connection)
+        group, messages = open_campaign_store(campaign, force=force)
+        for message in messages:
+            console.print(message)
+        if resume and not messages:
+            console.print(f"{campaign.store_location}: no earlier run to resume; starting")
+        done = draws_done(group)
+        units = pending_units(campaign, done)
+        total = done.shape[0] * campaign.n_blocks
+        written = 0
+        try:
+            if units:
+                if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
+                    shape = size_workers(nodes, len(units), gpus)
+                remaining = int(np.clip(campaign.draws - done, 0, None).sum())
+                bar_title = f"{campaign.name}: {len(units)}/{total} units on {shape.workers} Ray workers"
+                with draw_progress(console, progress) as bar:
+                    task = bar.add_task(bar_title, total=remaining)
+
+                    def advance(result: dict[str, Any]) -> None:
+                        chains = campaign.block_chains(result["block"])
+                        bar.advance(task, (chains.stop - chains.start) * result["draws_written"])
+
+                    results = _run_units(campaign, group, units, shape, connection, advance, stall_timeout, start)
+                written = sum(result["draws_written"] for result in results)
+        finally:
+            consolidate(group)  # also after a stop: the attrs of the run stay readable
+    finally:
+        disconnect(connection)
+    return RunResult(campaign.store_location, len(units), total, written, time.perf_counter() - start, messages)
