@@ -1,0 +1,202 @@
+"""Random exact test problems: a Gaussian / GMM prior, an operator, a truth, a measurement and its exact posterior.
+
+Tests, pipeline tests and benchmarks reuse these generators, so every sampler is judged on
+the same problems. Everything is drawn from fixed seeds (numpy ``SeedSequence`` for the
+prior, ``torch.Generator`` for the truth and the noise): the same arguments give the same
+problem on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from uqcampaign.kernels.errors import require
+from uqcampaign.kernels.operators import OPERATOR_KINDS, LinearOperator, build_operator
+from uqcampaign.kernels.priors.gaussian_mixture import GaussianMixturePrior
+from uqcampaign.kernels.priors.posterior import GaussianMixturePosterior
+
+__all__ = [
+    "Problem",
+    "PROBLEM_PRIOR_KINDS",
+    "SampleScore",
+    "operator_spec",
+    "random_prior",
+    "random_problem",
+    "multimodal_problem",
+    "score_samples",
+]
+
+PROBLEM_PRIOR_KINDS = ("gaussian", "gmm")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One exact inverse problem ``y = A x_true + σ ε``.
+
+    ``x_true: (C, H, W)``; ``y: (*obs_shape)``; ``posterior`` is the exact ``p(x | y)``.
+    ``operator_spec`` rebuilds the operator with ``build_operator``; ``prior_arrays`` holds the
+    prior's numpy arrays (``weights``, ``means``, ``variances`` or ``covariance``) so that a
+    pipeline test can write them to an ``.npz``.
+    """
+
+    operator: LinearOperator
+    prior: GaussianMixturePrior
+    x_true: torch.Tensor
+    y: torch.Tensor
+    sigma: float
+    posterior: GaussianMixturePosterior
+    operator_spec: dict
+    prior_arrays: dict
+
+
+def operator_spec(kind: str, seed: int, img_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """The operator spec used by :func:`random_problem` for ``kind`` (small, well-posed-ish sizes).
+
+    ``cs`` takes 8 random projections on 16-pixel images (half the pixels, as in issue 3).
+    """
+    require(kind in OPERATOR_KINDS and kind != "matrix", f"random problems support operators {OPERATOR_KINDS[:-1]}, got {kind!r}")
+    d = math.prod(img_shape)
+    specs: dict[str, dict[str, Any]] = {
+        "denoise": {},
+        "inpaint": {"fraction": 0.5, "seed": seed},
+        "blur": {"sigma": 1.0, "size": 3},
+        "superres": {"factor": 2},
+        "mri": {"acceleration": 2, "center_fraction": 0.25, "seed": seed},
+        "cs": {"m": max(1, d // 2), "seed": seed},
+    }
+    return {"kind": kind, **specs[kind]}
+
+
+def random_prior(
+    prior_kind: str, seed: int, img_shape: tuple[int, int, int] = (1, 4, 4), components: int = 4
+) -> tuple[GaussianMixturePrior, dict[str, np.ndarray]]:
+    """A random exact prior and its arrays.
+
+    ``gaussian``: mean ~ U(0.3, 0.7) per pixel, full covariance
+    ``s² (0.5 K + 0.5 I)`` with ``K`` a squared-exponential kernel (length 1 pixel) and
+    ``s = 0.12`` (eigenvalues in [0.007, 0.04]). ``gmm``: ``components`` diagonal components, weights ~ Dirichlet(4),
+    means = a common U(0.3, 0.7) image plus N(0, 0.06²) offsets (overlapping
+    components, so posteriors keep several of them), per-pixel stds ~ U(0.08, 0.12).
+    """
+    require(prior_kind in PROBLEM_PRIOR_KINDS, f"random problems support prior kinds {PROBLEM_PRIOR_KINDS}, got {prior_kind!r}")
+    require(isinstance(components, int) and components >= 1, f"components = {components!r} must be an integer >= 1")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1 if prior_kind == "gaussian" else 2]))
+    c, h, w = img_shape
+    d = c * h * w
+    if prior_kind == "gaussian":
+        mean = rng.uniform(0.3, 0.7, size=img_shape)
+        grid = np.stack(np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij"), -1).reshape(d, 3).astype(float)
+        sq = ((grid[:, None, 1:] - grid[None, :, 1:]) ** 2).sum(-1) + 1e6 * (grid[:, None, 0] != grid[None, :, 0])
+        covariance = 0.25**2 * (0.5 * np.exp(-0.5 * sq) + 0.5 * np.eye(d))
+        arrays = {"mean": mean, "covariance": covariance}
+        return GaussianMixturePrior.gaussian(mean, covariance=covariance), arrays
+    weights = rng.dirichlet(np.full(components, 4.0))
+    means = rng.uniform(0.3, 0.7, size=img_shape) + rng.normal(0.0, 0.12, size=(components, *img_shape))
+    variances = rng.uniform(0.15, 0.25, size=(components, *img_shape)) ** 2
+    arrays = {"weights": weights, "means": means, "variances": variances}
+    return GaussianMixturePrior(weights, means, variances, kind="gmm"), arrays
+
+
+def _measure(operator: LinearOperator, prior: GaussianMixturePrior, seed: int, sigma: float, dtype: torch.dtype):
+    """Truth ``x ~ prior`` and ``y = A x + σ ε`` from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]))
+    x_true = prior.sample(1, generator).to(torch.float64)
+    clean = operator.A(x_true)
+    y = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    return x_true[0].to(dtype), y[0].to(dtype)
+
+
+def random_problem(
+    operator_kind: str,
+    prior_kind: str,
+    seed: int,
+    img_shape: tuple[int, int, int] = (1, 4, 4),
+    components: int = 4,
+    sigma: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+) -> Problem:
+    """A random exact problem: prior from :func:`random_prior`, operator from :func:`operator_spec`,
+    ``x_true ~ prior``, ``y = A x_true + σ ε``; operator and prior cast to ``dtype``."""
+    require(sigma > 0, f"sigma = {sigma!r} must be > 0")
+    spec = operator_spec(operator_kind, seed, img_shape)
+    operator = build_operator(spec, img_shape)
+    prior, arrays = random_prior(prior_kind, seed, img_shape, components)
+    x_true, y = _measure(operator, prior, seed, sigma, dtype)
+    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
+    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, float(sigma), posterior, spec, arrays)
+
+
+def multimodal_problem(dtype: torch.dtype = torch.float64) -> Problem:
+    """A two-mode GMM posterior that traps PnP-ULA chains (the R̂ fixture).
+
+    Images ``(1, 4, 4)``, inpainting of half the pixels (``{kind: inpaint, fraction: 0.5,
+    seed: 0}``), σ = 0.05. The prior has two equally weighted components with std 0.1 per
+    pixel that agree (mean 0.5) on the observed pixels and differ on the 8 missing ones
+    (means +0.4 and −0.4), so the posterior has two modes of weight ≈ 0.5 each, 8 std apart
+    per missing pixel (a Mahalanobis distance ≈ 23 between the modes; the log-density at the
+    midpoint is ≈ 8 nats per missing pixel, ≈ 64 nats in all, below the modes).
+
+    What ULA does there: its chains start at ``pinv(y)``, which is 0 on the missing pixels,
+    exactly between the modes; the first few Langevin steps push each chain to one mode at
+    random (about half the chains each way: 7 of 16 in ``tests/kernels/test_ula.py``) and no
+    chain ever crosses afterwards (the barrier is far beyond any run). Each chain alone looks converged; pooled
+    chains cover both modes; between-chain variance is huge: R̂ ≫ 1.
+    """
+    img_shape = (1, 4, 4)
+    spec = {"kind": "inpaint", "fraction": 0.5, "seed": 0}
+    operator = build_operator(spec, img_shape)
+    observed = operator.weights.expand(img_shape).numpy() > 0
+    means = np.stack([np.where(observed, 0.5, 0.4), np.where(observed, 0.5, -0.4)])
+    variances = np.full((2, *img_shape), 0.1**2)
+    weights = np.array([0.5, 0.5])
+    prior = GaussianMixturePrior(weights, means, variances, kind="gmm")
+    sigma = 0.05
+    x_true, y = _measure(operator, prior, 0, sigma, dtype)
+    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
+    arrays = {"weights": weights, "means": means, "variances": variances}
+    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, sigma, posterior, spec, arrays)
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """How close samples are to the exact posterior (DESIGN §8).
+
+    ``ratio``: sliced-Wasserstein distance to exact samples over the floor (the mean distance
+    between pairs of exact sample sets of the same size); ``mass``: exact posterior mass of the
+    per-pixel 90% equal-tailed interval of the samples, mean over pixels; ``std_ratio``: sample
+    std over exact marginal std, mean over pixels.
+    """
+
+    ratio: float
+    mass: float
+    std_ratio: float
+    sw: float
+    floor: float
+
+
+def score_samples(problem: Problem, samples: torch.Tensor, seed: int = 0, floor_pairs: int = 3, level: float = 0.9) -> SampleScore:
+    """Score ``samples (n, C, H, W)`` against ``problem.posterior`` (exact draws from ``seed``)."""
+    from uqcampaign.kernels.metrics import equal_tailed_interval, sliced_wasserstein
+
+    n = samples.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+
+    def projections() -> torch.Generator:  # the same 64 directions for every distance
+        return torch.Generator().manual_seed(seed + 1)
+
+    reference = problem.posterior.sample(n, generator)
+    floors = [
+        sliced_wasserstein(problem.posterior.sample(n, generator), problem.posterior.sample(n, generator), generator=projections())
+        for _ in range(floor_pairs)
+    ]
+    floor = sum(floors) / floor_pairs
+    sw = sliced_wasserstein(samples, reference, generator=projections())
+    lower, upper = equal_tailed_interval(samples, level)
+    mass = float(problem.posterior.interval_mass(lower, upper).mean())
+    std_ratio = float((samples.to(torch.float64).std(0) / problem.posterior.marginal_std()).mean())
+    return SampleScore(sw / floor, mass, std_ratio, sw, floor)

@@ -1,0 +1,104 @@
+"""What every sampler shares: the ``Draw`` record, the ``Sampler`` protocol and input checks.
+
+A sampler object holds only its frozen config. All chain state lives inside the
+``run`` generator (BlackJAX shape: ``init(...) -> State``, ``step(generator, state,
+...) -> (State, Info)`` over a leading chain dimension ``(chains, C, H, W)``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterator, NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+from uqcampaign.kernels.errors import UQError, require
+
+__all__ = [
+    "Draw",
+    "Sampler",
+    "check_run_inputs",
+    "chains_measurement",
+    "likelihood_grad",
+    "is_exact_prior",
+    "require_pixel_prior",
+]
+
+
+class Draw(NamedTuple):
+    """One draw of every chain of a work unit.
+
+    ``index``: draw index within the unit, ``0 .. n_draws - 1``.
+    ``x``: ``(chains, C, H, W)``, detached, in the dtype/device of ``y``.
+    ``nfe``: network (denoiser) calls spent on this draw, per chain.
+    """
+
+    index: int
+    x: torch.Tensor
+    nfe: int
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A posterior sampler: frozen config in, stream of draws out."""
+
+    kind: str
+
+    def run(
+        self, y: torch.Tensor, operator: Any, prior: Any, sigma: float, n_chains: int, n_draws: int, generator: torch.Generator
+    ) -> Iterator[Draw]: ...
+
+    def nfe_per_draw(self) -> float: ...
+
+    def describe(self) -> dict: ...
+
+
+def check_run_inputs(y: torch.Tensor, operator: Any, sigma: float, n_chains: int, n_draws: int) -> None:
+    """Raise :class:`UQError` on a bad measurement, noise level or chain/draw count.
+
+    ``y``: one measurement of shape ``operator.obs_shape`` (finite values).
+    """
+    require(isinstance(y, torch.Tensor), f"y must be a torch.Tensor, got {type(y).__name__}; convert it with torch.as_tensor")
+    require(
+        tuple(y.shape) == tuple(operator.obs_shape),
+        f"y has shape {tuple(y.shape)} but the {operator.kind} operator observes {tuple(operator.obs_shape)}; pass one measurement",
+    )
+    operator.check_measurement(y)
+    require(
+        isinstance(sigma, numbers.Real) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma > 0,
+        f"noise sigma = {sigma!r} must be a finite number > 0; set noise.sigma to the measurement noise std",
+    )
+    for name, value in (("n_chains", n_chains), ("n_draws", n_draws)):
+        require(
+            isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
+            f"{name} = {value!r} must be an integer >= 1",
+        )
+
+
+def is_exact_prior(prior: Any) -> bool:
+    """True for priors with a closed-form posterior (``gaussian``, ``gmm``)."""
+    return callable(getattr(prior, "posterior", None)) and not getattr(prior, "is_latent", False)
+
+
+def require_pixel_prior(prior: Any, sampler_kind: str) -> None:
+    """Raise :class:`UQError` when ``prior`` is a latent prior (``sampler_kind`` needs a pixel denoiser)."""
+    if getattr(prior, "is_latent", False):
+        raise UQError(
+            f"sampler {sampler_kind!r} needs a pixel-space prior but prior kind {getattr(prior, 'kind', '?')!r} is latent; "
+            "use sampler kind 'latino' with latent priors"
+        )
+    require(
+        callable(getattr(prior, "denoise", None)),
+        f"sampler {sampler_kind!r} needs a prior with a denoiser, got {type(prior).__name__}",
+    )
+
+
+def chains_measurement(y: torch.Tensor, n_chains: int) -> torch.Tensor:
+    """``y (*obs_shape)`` broadcast to ``(chains, *obs_shape)`` (a view, no copy)."""
+    return y.unsqueeze(0).expand(n_chains, *y.shape)
+
+
+def likelihood_grad(x: torch.Tensor, y: torch.Tensor, operator: Any, sigma: float) -> torch.Tensor:
+    """``∇_x log p(y | x) = Aᵀ(y − A x) / σ²``; ``x (chains, C, H, W)``, ``y (chains, *obs_shape)``."""
+    return operator.A_T(y - operator.A(x)) / sigma**2

@@ -1,0 +1,46 @@
+"""Sampler registry: ``build_sampler({kind: ula, step: auto, burn_in: 500, thin: 10})``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from uqcampaign.kernels.errors import UQError, require
+from uqcampaign.kernels.samplers.base import Sampler
+from uqcampaign.kernels.samplers.dps import DPSConfig, DPSSampler
+from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
+from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
+from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
+
+__all__ = ["SAMPLER_KINDS", "build_sampler"]
+
+_REGISTRY: dict[str, tuple[type, type]] = {
+    "exact": (ExactSampler, ExactConfig),
+    "ula": (ULASampler, ULAConfig),
+    "dps": (DPSSampler, DPSConfig),
+    "latino": (LatinoSampler, LatinoConfig),
+}
+SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_sampler(spec: Mapping[str, Any]) -> Sampler:
+    """A sampler from its spec; every key but ``kind`` is a field of the kind's frozen config.
+
+    Unknown kinds and unknown keys raise :class:`UQError` naming them and the allowed ones.
+    """
+    require(isinstance(spec, Mapping), f"sampler spec must be a mapping like {{kind: ula, step: auto}}, got {spec!r}")
+    kind = spec.get("kind")
+    require(kind in _REGISTRY, f"unknown sampler kind {kind!r}; choose one of {', '.join(SAMPLER_KINDS)}")
+    sampler_cls, config_cls = _REGISTRY[kind]
+    allowed = [field.name for field in dataclasses.fields(config_cls)]
+    params = {key: value for key, value in spec.items() if key != "kind"}
+    for key in params:
+        require(key in allowed, f"unknown key {key!r} in the {kind} sampler spec; allowed keys: {', '.join(allowed) or 'none'}")
+    if "box" in params and params["box"] is not None:
+        params["box"] = tuple(params["box"])
+    try:
+        config = config_cls(**params)
+    except TypeError as err:  # a value of the wrong type that __post_init__ could not compare
+        raise UQError(f"bad value in the {kind} sampler spec {dict(params)!r}: {err}") from None
+    return sampler_cls(config)

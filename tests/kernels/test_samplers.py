@@ -1,0 +1,270 @@
+"""Sampler API shared by every kind: registry, input checks, draw stream, nfe, determinism.
+
+The statistical tests against the exact posterior live in test_ula.py, test_dps.py and
+test_latino.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.problems import random_problem
+from uqcampaign.kernels.rng import unit_generator
+from uqcampaign.kernels.samplers.base import Draw, Sampler
+from uqcampaign.kernels.samplers.registry import SAMPLER_KINDS, build_sampler
+
+# Small, fast settings of every kind: enough to exercise the code paths.
+FAST = {
+    "exact": {"kind": "exact"},
+    "ula": {"kind": "ula", "burn_in": 5, "thin": 2},
+    "dps": {"kind": "dps", "steps": 20},
+    "latino": {"kind": "latino", "steps": 3},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return random_problem("blur", "gmm", seed=5)
+
+
+def _run(spec, problem, n_chains=3, n_draws=2, seed=0, generator=None):
+    sampler = build_sampler(spec)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    return list(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, n_chains, n_draws, generator))
+
+
+def test_sampler_kinds_are_registered():
+    assert SAMPLER_KINDS == ("exact", "ula", "dps", "latino")
+    for kind in SAMPLER_KINDS:
+        sampler = build_sampler({"kind": kind})
+        assert isinstance(sampler, Sampler)
+        assert sampler.kind == kind
+        assert sampler.describe()["kind"] == kind
+        assert build_sampler(sampler.describe()).describe() == sampler.describe()  # describe() rebuilds it
+
+
+@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+def test_run_streams_draws_of_the_right_shape(kind, problem):
+    draws = _run(FAST[kind], problem, n_chains=3, n_draws=2)
+    assert [d.index for d in draws] == [0, 1]
+    for draw in draws:
+        assert isinstance(draw, Draw)
+        assert draw.x.shape == (3, *problem.operator.img_shape)
+        assert draw.x.dtype == problem.y.dtype and not draw.x.requires_grad
+        assert bool(torch.isfinite(draw.x).all())
+
+
+def test_dtype_follows_y():
+    p32 = random_problem("inpaint", "gaussian", seed=1, dtype=torch.float32)
+    for kind in SAMPLER_KINDS:
+        draws = _run(FAST[kind], p32, n_chains=2, n_draws=1)
+        assert draws[0].x.dtype == torch.float32, kind
+
+
+def test_nfe_is_counted(problem):
+    ula = [d.nfe for d in _run({"kind": "ula", "burn_in": 7, "thin": 3}, problem, n_draws=3)]
+    assert ula == [7 + 3, 3, 3]  # burn-in charged to draw 0
+    assert build_sampler({"kind": "ula", "thin": 3}).nfe_per_draw() == 3
+    assert [d.nfe for d in _run({"kind": "dps", "steps": 20}, problem)] == [20, 20]
+    assert build_sampler({"kind": "dps", "steps": 20}).nfe_per_draw() == 20
+    assert [d.nfe for d in _run({"kind": "latino", "steps": 4}, problem)] == [4, 4]
+    assert build_sampler({"kind": "latino"}).nfe_per_draw() == 8
+    assert [d.nfe for d in _run({"kind": "exact"}, problem)] == [0, 0]
+
+
+def test_denoiser_calls_match_nfe(problem):
+    """The counted nfe equals the real number of denoiser calls (no hidden extra calls)."""
+    calls = []
+
+    class Counting:
+        def __init__(self, prior):
+            self._prior = prior
+
+        def __getattr__(self, name):
+            return getattr(self._prior, name)
+
+        def denoise(self, x, t):
+            calls.append(t)
+            return self._prior.denoise(x, t)
+
+        consistency = denoise
+
+    counted = Counting(problem.prior)
+    for spec in (FAST["ula"], FAST["dps"], FAST["latino"]):
+        calls.clear()
+        sampler = build_sampler(spec)
+        draws = list(sampler.run(problem.y, problem.operator, counted, problem.sigma, 2, 3, torch.Generator().manual_seed(0)))
+        assert len(calls) == sum(d.nfe for d in draws), spec
+
+
+@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+def test_same_seed_same_draws(kind, problem):
+    a = _run(FAST[kind], problem, seed=3)
+    b = _run(FAST[kind], problem, seed=3)
+    c = _run(FAST[kind], problem, seed=4)
+    for da, db in zip(a, b):
+        assert torch.equal(da.x, db.x)
+    assert not torch.equal(a[-1].x, c[-1].x)
+
+
+@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+def test_recomputed_unit_gives_identical_draws(kind, problem):
+    """A work unit redone from its (campaign seed, measurement, block) generator is bit-identical,
+    and the global RNG plays no part."""
+    first = _run(FAST[kind], problem, generator=unit_generator(11, measurement=2, block=1))
+    torch.manual_seed(12345)
+    torch.rand(10)  # disturb the global RNG: it must not matter
+    again = _run(FAST[kind], problem, generator=unit_generator(11, measurement=2, block=1))
+    other = _run(FAST[kind], problem, generator=unit_generator(11, measurement=2, block=2))
+    assert all(torch.equal(a.x, b.x) for a, b in zip(first, again))
+    assert not torch.equal(first[-1].x, other[-1].x)
+
+
+def test_dps_chains_are_independent(problem):
+    """The DPS gradient of chain b is that of its own norm: a chain's step does not depend on the others."""
+    from uqcampaign.kernels.samplers.dps import DPSState, respaced_schedule, step
+
+    schedule = respaced_schedule(problem.prior.alphas_cumprod, 10)
+    x = torch.randn(4, *problem.operator.img_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y4 = problem.y.unsqueeze(0).expand(4, *problem.y.shape)
+    # last reverse step (i = 0): no noise, x_{-1} = x̂0 − ζ ∇||y − A x̂0||
+    full, info = step(torch.Generator(), DPSState(x, 0), y4, problem.operator, problem.prior, schedule, 0.3)
+    alone, _ = step(torch.Generator(), DPSState(x[2:3], 0), y4[2:3], problem.operator, problem.prior, schedule, 0.3)
+    assert torch.allclose(full.x[2:3], alone.x, atol=1e-12)
+    assert info.residual_norm.shape == (4,) and full.i == -1
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"kind": "mala"}, ["mala", "ula"]),
+        ({"kind": "ula", "stepsize": 0.1}, ["stepsize", "burn_in"]),
+        ({"kind": "ula", "step": "fast"}, ["step", "auto"]),
+        ({"kind": "ula", "step": -1.0}, ["step"]),
+        ({"kind": "ula", "thin": 0}, ["thin"]),
+        ({"kind": "ula", "box": [1.0, 0.0]}, ["box"]),
+        ({"kind": "dps", "zeta": -0.1}, ["zeta"]),
+        ({"kind": "dps", "steps": 0}, ["steps"]),
+        ({"kind": "latino", "delta": 0}, ["delta"]),
+        ({"kind": "latino", "steps": 2.5}, ["steps"]),
+        ("ula", ["mapping"]),
+    ],
+)
+def test_bad_specs_are_named(spec, words):
+    with pytest.raises(UQError) as err:
+        build_sampler(spec)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_step_above_stability_bound_is_refused(problem):
+    sampler = build_sampler({"kind": "ula"})
+    bound = sampler.parameters(problem.operator, problem.prior, problem.sigma).bound
+    auto = sampler.parameters(problem.operator, problem.prior, problem.sigma).delta
+    assert math.isclose(auto, bound / 3)
+    too_big = build_sampler({"kind": "ula", "step": 1.5 * bound})
+    with pytest.raises(UQError, match="stability bound"):
+        too_big.run(problem.y, problem.operator, problem.prior, problem.sigma, 2, 1, torch.Generator())
+    ok = build_sampler({"kind": "ula", "step": 0.9 * bound, "burn_in": 1, "thin": 1})
+    assert len(list(ok.run(problem.y, problem.operator, problem.prior, problem.sigma, 2, 1, torch.Generator()))) == 1
+
+
+@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+def test_bad_run_inputs_raise_before_any_work(kind, problem):
+    sampler = build_sampler(FAST[kind])
+    g = torch.Generator()
+    args = (problem.operator, problem.prior)
+    with pytest.raises(UQError, match="sigma"):
+        sampler.run(problem.y, *args, 0.0, 2, 1, g)
+    with pytest.raises(UQError, match="sigma"):
+        sampler.run(problem.y, *args, float("nan"), 2, 1, g)
+    with pytest.raises(UQError, match="n_chains"):
+        sampler.run(problem.y, *args, problem.sigma, 0, 1, g)
+    with pytest.raises(UQError, match="n_draws"):
+        sampler.run(problem.y, *args, problem.sigma, 2, 0, g)
+    with pytest.raises(UQError, match="shape"):
+        sampler.run(problem.y[..., :2], *args, problem.sigma, 2, 1, g)
+    bad = problem.y.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(UQError, match="NaN"):
+        sampler.run(bad, *args, problem.sigma, 2, 1, g)
+
+
+class _LatentStub:
+    """The interface of a latent prior (identity codec), enough for the prior-kind checks."""
+
+    kind = "latent-consistency"
+    is_latent = True
+
+    def __init__(self, prior):
+        self._prior = prior
+        self.alphas_cumprod = prior.alphas_cumprod
+        self.img_shape = prior.img_shape
+        self.latent_shape = prior.img_shape
+
+    def encode(self, x):
+        return 2.0 * x
+
+    def decode(self, z):
+        return 0.5 * z
+
+    def consistency(self, z_t, t):
+        return 2.0 * self._prior.denoise(0.5 * z_t, t)
+
+    def denoise(self, x_t, t):
+        return self._prior.denoise(x_t, t)
+
+
+@pytest.mark.parametrize("kind", ["ula", "dps"])
+def test_latent_prior_refused_by_pixel_samplers(kind, problem):
+    with pytest.raises(UQError, match="latent"):
+        build_sampler(FAST[kind]).run(problem.y, problem.operator, _LatentStub(problem.prior), problem.sigma, 2, 1, torch.Generator())
+
+
+def test_exact_sampler_needs_an_exact_prior(problem):
+    with pytest.raises(UQError, match="closed-form"):
+        build_sampler({"kind": "exact"}).run(problem.y, problem.operator, _LatentStub(problem.prior), problem.sigma, 2, 1, torch.Generator())
+
+
+def test_latino_uses_encoder_and_decoder_of_latent_priors(problem):
+    """With E = 2x, D = z/2 and G(z) = 2·denoise(z/2) the latent run equals the pixel run...
+    up to the noise scaling: E(x) is noised in latent space, so compare against a hand-made pixel step."""
+    from uqcampaign.kernels.samplers.latino import LatinoState, step
+
+    latent = _LatentStub(problem.prior)
+    x = problem.operator.pinv(problem.y.unsqueeze(0).expand(2, *problem.y.shape)).clone()
+    y2 = problem.y.unsqueeze(0).expand(2, *problem.y.shape)
+    out, info = step(torch.Generator().manual_seed(0), LatinoState(x, 0), y2, problem.operator, latent, problem.sigma, (500,), 0.3)
+    ab = float(problem.prior.alphas_cumprod[500])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    z = math.sqrt(ab) * 2.0 * x + math.sqrt(1 - ab) * noise
+    u = 0.5 * (2.0 * problem.prior.denoise(0.5 * z, 500))
+    expected = problem.operator.prox_data(u, y2, problem.sigma, 0.3 * (1 - ab))
+    assert torch.allclose(out.x, expected, atol=1e-12)
+    assert info.t == 500 and out.k == 1
+
+
+def test_numpy_scalars_are_accepted(problem):
+    import numpy as np
+
+    draws = _run(FAST["latino"], problem, n_chains=np.int64(2), n_draws=np.int64(1))
+    assert draws[0].x.shape[0] == 2
+    sampler = build_sampler(FAST["ula"])
+    x = next(iter(sampler.run(problem.y, problem.operator, problem.prior, np.float32(0.05), 2, 1, torch.Generator()))).x
+    assert x.shape[0] == 2
