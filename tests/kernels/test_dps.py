@@ -22,13 +22,6 @@ ZETA = {"inpaint": 0.45, "blur": 0.3, "cs": 0.3}
 BANDS = {"gaussian": (6.0, 0.80), "gmm": (10.0, 0.80)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_full_schedule_is_ddpm_posterior():
     from uqcampaign.kernels.schedule import linear_alphas_cumprod

@@ -21,13 +21,6 @@ N_SAMPLES = 1024
 BANDS = {"gaussian": (7.0, 0.60), "gmm": (10.0, 0.65)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_default_ladder_and_authors_ladder():
     assert latino_timesteps(1000, 8, 250, 20) == (250, 217, 184, 151, 119, 86, 53, 20)

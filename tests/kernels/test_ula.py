@@ -25,13 +25,6 @@ N_CHAINS = 1024
 RELAXATIONS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _slowest_variance(problem) -> float:
     """Largest eigenvalue over the posterior's component covariances."""
