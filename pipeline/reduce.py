@@ -1,0 +1,407 @@
+"""`uqc reduce`: a Dask graph from the ``samples`` of a store into its ``summary/`` group (DESIGN §4, §5).
+
+Two passes over the store; the memory of each task is bounded by a share of ``memory_budget``:
+
+1. **Pixel tiles.** One task per (``k`` measurements, spatial tile ``ty × tx``) reads
+   ``samples[m0:m1, :, :n, :, tile]`` — *all* chains × the draws used — reduces every pixel
+   with :func:`uqcampaign.pipeline.diagnostics.summarize` and returns its statistics; they are
+   stored into ``summary/`` arrays whose chunks are the tasks' blocks (one writer per chunk,
+   no lock). The rechunk by pixels happens at read time, inside the task: with
+   ``da.from_zarr(...)`` + ``rechunk`` or ``map_blocks`` the read tasks are separate graph
+   nodes that the scheduler may run ahead of their reductions (measured: 273 MiB peak RSS
+   growth on a 56 MiB store), and a ``rechunk`` keeps every storage chunk of a measurement
+   alive until its last tile is done. The tile (and ``k``) is the largest that fits the budget
+   (:func:`choose_tile`); Zarr's read concurrency is capped to the same share.
+2. **χ² per draw.** One task per storage chunk (or per group of whole measurements when they
+   fit) applies the operator in torch: ``chi2_draws[m, c, d] = ||y_m − A x||² / (σ² · dim y)``.
+
+Which draws count: per measurement the first ``n_m = min over chains of draws_done[m]``
+draws of every chain (the complete rectangle the diagnostics need; draws past it are
+ignored, and a chain behind the others limits all of them). A measurement with
+``n_m < 4`` (too few for split R̂) is left NaN, with a warning; a store with no draw at all,
+or with no measurement of 4 complete draws, is refused. ``summary/draws_used`` records ``n_m``.
+
+Scheduler: threads here by default; ``address="ray://…"`` or ``"auto"`` runs the same graph
+on a Ray cluster (Dask-on-Ray: ``ray.util.dask.ray_dask_get`` when it imports — it needs
+pyarrow for ``dask.dataframe`` — else dask's local scheduler submitting every task as a Ray
+task); ``"tcp://…"`` on a Dask distributed scheduler (needs the ``distributed`` package).
+Workers must see the store (shared filesystem or fsspec URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.diagnostics import BlockSummary, summarize
+from uqcampaign.pipeline.store import consolidate, open_store, store_location
+
+__all__ = ["reduce_store", "choose_tile", "PIXEL_STATS", "DEFAULT_MEMORY_BUDGET"]
+
+PIXEL_STATS = BlockSummary._fields  # mean, std, ci_lower, ci_upper, rhat, ess_bulk, ess_tail, mcse_mean
+TRUTH_STATS = ("error", "covered")
+IMAGE_DIMS = ["measurement", "channel", "y", "x"]
+# Peak memory the tile pass may use, all workers together (bytes).
+DEFAULT_MEMORY_BUDGET = 384 * 2**20
+# A tile task holds the tile as read (float32), its pixel-major copy, and the diagnostics'
+# batch temporaries: budget per task / this factor = bytes of raw tile.
+_TILE_OVERHEAD = 3
+# Bytes of diagnostics temporaries per draw of a batch (4 float64 series, their complex spectrum, sorts).
+_BATCH_BYTES_PER_DRAW = 160
+MIN_DRAWS = 4
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def choose_tile(img_shape: tuple[int, int, int], n_values: int, tile_bytes: int) -> tuple[int, int, int]:
+    """Task shape ``(measurements, ty, tx)`` whose draws, ``n_values`` float32 per pixel, fit ``tile_bytes``.
+
+    Whole images first (several measurements per task when they fit), then whole rows
+    (contiguous reads), at least one pixel column of all channels.
+    """
+    c, h, w = img_shape
+    pixels = max(1, tile_bytes // (4 * n_values * c))  # spatial positions (all channels)
+    if pixels >= h * w:
+        return pixels // (h * w), h, w
+    if pixels >= w:
+        return 1, pixels // w, w
+    return 1, 1, pixels
+
+
+def _draws_used(done: np.ndarray) -> np.ndarray:
+    """``n_m`` per measurement: draws complete in every chain, ``done: (measurement, chain)``."""
+    return done.min(axis=1).astype(np.int64)
+
+
+def _n_workers(address: str | None) -> int:
+    """Tasks running at once in this process: the threads of the local scheduler, else 1."""
+    if address is None or address in ("local", "threads"):
+        return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+    return 1  # remote workers hold their own tiles
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _tile_stats(block: np.ndarray, used: np.ndarray, truth: np.ndarray | None, level: float, batch_draws: int | None = None) -> np.ndarray:
+    """Per-pixel statistics of one task's tile.
+
+    ``block: (k, chains, draws, C, ty, tx)`` float32 of ``k`` measurements, ``used: (k,)``
+    the draws each measurement counts (fewer than 4: NaN), ``truth: (k, C, ty, tx)`` or None;
+    returns ``(n_stats, k, C, ty, tx)`` float64 in the order ``PIXEL_STATS (+ TRUTH_STATS)``.
+    """
+    k, chains, _, c, ty, tx = block.shape
+    out = np.full((len(PIXEL_STATS) + (0 if truth is None else len(TRUTH_STATS)), k, c, ty, tx), np.nan)
+    for i in range(k):
+        n = int(used[i])
+        if n < MIN_DRAWS:
+            continue
+        pixels = np.ascontiguousarray(block[i, :, :n].transpose(2, 3, 4, 0, 1)).reshape(c * ty * tx, chains, n)
+        out[: len(PIXEL_STATS), i] = np.stack(summarize(pixels, level=level, batch_draws=batch_draws)).reshape(-1, c, ty, tx)
+    if truth is not None:
+        t = truth.astype(np.float64)
+        mean, lower, upper = out[0], out[2], out[3]
+        out[len(PIXEL_STATS)] = mean - t
+        out[len(PIXEL_STATS) + 1] = np.where(np.isnan(mean), np.nan, (lower <= t) & (t <= upper))
+    return out
+
+
+def _read_tile_stats(
+    _: np.ndarray, samples: zarr.Array, truth: zarr.Array | None, used: np.ndarray, level: float, batch_draws: int,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """One task of the tile pass: read its tile of ``samples`` (all chains × the draws used) and reduce it.
+
+    The read happens inside the task, so a scheduler can never read tiles ahead of their
+    reduction: the memory of a task is its tile. Output block ``(n_stats, k, C, ty, tx)``.
+    """
+    (_, _), (m0, m1), _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    n = int(used[m0:m1].max())
+    block = samples[m0:m1, :, :n, :, y0:y1, x0:x1] if n >= MIN_DRAWS else np.empty((m1 - m0, samples.shape[1], 0, samples.shape[3], y1 - y0, x1 - x0), np.float32)
+    t = None if truth is None else truth[m0:m1, :, y0:y1, x0:x1]
+    return _tile_stats(np.asarray(block), used[m0:m1], t, level, batch_draws)
+
+
+@functools.lru_cache(maxsize=4)
+def _operator(spec_json: str, img_shape: tuple[int, int, int], root: str | None) -> Any:
+    """The store's operator in float64, built once per process (tasks may run on workers)."""
+    import torch
+
+    from uqcampaign.kernels.operators import build_operator
+
+    return build_operator(json.loads(spec_json), img_shape, None if root is None else Path(root)).to(dtype=torch.float64)
+
+
+def _chi2_block(
+    _: np.ndarray, samples: zarr.Array, y: zarr.Array, used: np.ndarray, spec_json: str, root: str | None, sigma: float,
+    batch_bytes: int, block_info: dict | None = None,
+) -> np.ndarray:
+    """``||y − A x||² / (σ² dim y)`` of the draws of one output block ``(k, cc, cd)``, read in the task.
+
+    Draws past ``used`` (the draws each measurement counts) are NaN.
+    """
+    import torch
+
+    (m0, m1), (c0, c1), (d0, d1) = block_info[None]["array-location"]
+    img_shape = tuple(samples.shape[3:])
+    op = _operator(spec_json, img_shape, root)
+    k, cc, cd = m1 - m0, c1 - c0, d1 - d0
+    images = torch.from_numpy(np.asarray(samples[m0:m1, c0:c1, d0:d1]).reshape(k * cc * cd, *img_shape))
+    target = torch.from_numpy(np.asarray(y[m0:m1], dtype=np.float64).reshape(k, -1)).repeat_interleave(cc * cd, dim=0)
+    chi2 = np.empty(k * cc * cd)
+    step = max(1, batch_bytes // (8 * 4 * int(np.prod(img_shape))))  # float64 images, A x, residual
+    with torch.no_grad():
+        for i in range(0, images.shape[0], step):
+            resid = op.A(images[i : i + step].double()).reshape(-1, target.shape[1]) - target[i : i + step]
+            chi2[i : i + step] = (resid.square().sum(dim=1) / (sigma**2 * resid.shape[1])).numpy()
+    chi2 = chi2.reshape(k, cc, cd)
+    chi2[np.broadcast_to(np.arange(d0, d1)[None, None, :] >= used[m0:m1, None, None], chi2.shape)] = np.nan
+    return chi2
+
+
+# ----------------------------------------------------------------------------- schedulers
+
+
+class _RayExecutor(Executor):
+    """``concurrent.futures`` face of Ray: dask's local scheduler submits each task as a Ray task."""
+
+    def __init__(self, max_workers: int) -> None:
+        import ray
+
+        self._max_workers = max_workers  # read by dask.threaded.get
+        self._call = ray.remote(lambda fn, args, kwargs: fn(*args, **kwargs))
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        return self._call.remote(fn, args, kwargs).future()
+
+
+def _check_address(address: str | None) -> None:
+    """Refuse an address no scheduler understands (before anything is written)."""
+    if address is None or address in ("local", "threads", "auto") or address.startswith("ray://"):
+        return
+    if address.startswith(("tcp://", "tls://")):
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UQError(f"reduce --address {address} needs dask.distributed; pip install distributed, or reduce on threads (no --address)") from None
+        return
+    raise UQError(f"reduce address {address!r} is not understood; give ray://HOST:PORT, auto, or tcp://HOST:PORT (Dask)")
+
+
+@contextlib.contextmanager
+def _scheduler(address: str | None, n_workers: int) -> Iterator[dict[str, Any]]:
+    """Dask compute keywords for ``address`` (see the module docstring); checked by :func:`_check_address`."""
+    _check_address(address)
+    if address is None or address in ("local", "threads"):
+        yield {"scheduler": "threads", "num_workers": n_workers}
+        return
+    if address.startswith(("tcp://", "tls://")):
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout="10s", set_as_default=False)
+        except OSError as exc:
+            raise UQError(f"cannot reach the Dask scheduler at {address} ({exc}); check the address") from None
+        with client:
+            yield {"scheduler": client}
+        return
+    if address == "auto" or address.startswith("ray://"):
+        import ray
+
+        started = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError depending on Ray's path
+                raise UQError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}); check the address and that the cluster is up") from None
+            started = True
+        try:
+            try:
+                from ray.util.dask import ray_dask_get
+
+                kwargs: dict[str, Any] = {"scheduler": ray_dask_get}
+            except ImportError:  # ray.util.dask imports dask.dataframe (needs pyarrow): same graph, Ray tasks
+                workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+                kwargs = {"scheduler": "threads", "pool": _RayExecutor(workers), "num_workers": workers}
+            yield kwargs
+        finally:
+            if started:
+                ray.shutdown()
+        return
+    raise UQError(f"reduce address {address!r} is not understood; give ray://HOST:PORT, auto, or tcp://HOST:PORT (Dask)")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Dask's progress bar on the local schedulers (distributed and Ray show their own dashboards)."""
+    if enabled and kwargs.get("scheduler") == "threads" and "pool" not in kwargs:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(dt=0.5):
+            yield
+    else:
+        yield
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _new_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dims: list[str], dtype: str) -> zarr.Array:
+    fill = False if dtype == "bool" else np.nan
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims)
+
+
+def _level_of(root: zarr.Group, level: float | None) -> float:
+    if level is None:
+        level = float(_campaign(root).get("reduce", {}).get("level", 0.9))
+    if not 0.0 < level < 1.0:
+        raise UQError(f"credible level {level} is outside (0, 1); use e.g. 0.9")
+    return float(level)
+
+
+def reduce_store(
+    store: Any,
+    level: float | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    tile: tuple[int, int] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> zarr.Group:
+    """Reduce the draws of ``store`` into its ``summary/`` group and return that group.
+
+    ``level``: credible level of the equal-tailed intervals (default: the campaign's
+    ``reduce.level``). ``address``: None (threads here), ``ray://…``/``auto`` or ``tcp://…``.
+    ``tile``: spatial tile ``(ty, tx)``; by default the largest whose draws fit
+    ``memory_budget`` bytes across the local workers (see :func:`choose_tile`).
+    Writes ``summary/``: ``mean, std, ci_lower, ci_upper`` (attr ``level``), ``rhat,
+    ess_bulk, ess_tail, mcse_mean`` `(measurement, channel, y, x)`; with ``x_true``:
+    ``error``, ``covered`` (bool) and ``coverage`` `(measurement)`; ``chi2_draws``
+    `(measurement, chain, draw)` (NaN past the draws used), ``chi2`` `(measurement)` (its
+    mean) and ``draws_used`` `(measurement)`; then consolidates the metadata.
+    """
+    _check_address(address)
+    root = open_store(store, mode="r+")
+    location = store_location(root)
+    level = _level_of(root, level)
+    if "samples" not in root or "draws_done" not in root:
+        raise UQError(f"store {location} has no samples/draws_done arrays; run `uqc run CAMPAIGN.yaml` first")
+    samples = root["samples"]
+    n_meas, n_chains, n_draws, c, h, w = samples.shape
+    done = np.asarray(root["draws_done"][...])
+    if int(done.sum()) == 0:
+        raise UQError(f"store {location} holds no draws yet (draws_done is 0 everywhere): run the campaign first (`uqc run CAMPAIGN.yaml`)")
+    used = _draws_used(done)
+    if not (used >= MIN_DRAWS).any():
+        raise UQError(
+            f"store {location}: no measurement has {MIN_DRAWS} draws done in every chain (draws per measurement: {used.tolist()}); "
+            "finish the campaign first (`uqc run CAMPAIGN.yaml --resume`)"
+        )
+    short = [m for m in range(n_meas) if used[m] < MIN_DRAWS]
+    if short:
+        warnings.warn(f"measurements {short} have fewer than {MIN_DRAWS} draws in every chain; their summary is NaN", stacklevel=2)
+    n_used = int(used.max())
+    task_bytes = memory_budget // (_n_workers(address) * _TILE_OVERHEAD)
+    k, ty, tx = choose_tile((c, h, w), n_chains * n_used, task_bytes)
+    if tile is not None:
+        k, (ty, tx) = 1, (int(tile[0]), int(tile[1]))
+        if not (1 <= ty <= h and 1 <= tx <= w):
+            raise UQError(f"tile {tuple(tile)} does not fit the image {h}x{w}; give 1 <= ty <= {h}, 1 <= tx <= {w}")
+    k = min(k, n_meas)
+    truth = "x_true" in root
+    names = list(PIXEL_STATS) + (list(TRUTH_STATS) if truth else [])
+    chi2 = _chi2_graph(root, samples, used, task_bytes)
+    summary = _create_summary(root, (n_meas, c, h, w), (k, ty, tx), tuple(ch[0] for ch in chi2.chunks), level, used, truth=truth)
+
+    # 1. pixel tiles of all chains × the draws used, k measurements per task (each task reads its tile)
+    grid = da.empty((len(names), n_meas, c, h, w), chunks=(len(names), k, c, ty, tx), dtype=np.float64)
+    x_true = root["x_true"] if truth else None
+    batch_draws = max(1, task_bytes // _BATCH_BYTES_PER_DRAW)  # the diagnostics' temporaries get one task's share
+    stats = da.map_blocks(_read_tile_stats, grid, samples, x_true, used, level, batch_draws, dtype=np.float64)
+    sources: list[da.Array] = []
+    targets: list[zarr.Array] = []
+    for i, name in enumerate(names):
+        sources.append(stats[i] > 0.5 if name == "covered" else stats[i])
+        targets.append(summary[name])
+    if truth:  # NaN for measurements not reduced; (M,) arrays are one chunk: one writer
+        coverage = da.nanmean(stats[names.index("covered")], axis=(1, 2, 3)) + np.where(used >= MIN_DRAWS, 0.0, np.nan)
+        sources.append(coverage.rechunk(-1))
+        targets.append(summary["coverage"])
+    # 2. χ² of every draw used
+    sources += [chi2, da.nanmean(chi2, axis=(1, 2)).rechunk(-1)]
+    targets += [summary["chi2_draws"], summary["chi2"]]
+
+    # Zarr decodes up to `async.concurrency` storage chunks of a read at once: keep them in the task's share.
+    chunk_bytes = 4 * int(np.prod(samples.chunks))
+    concurrency = int(max(1, min(zarr.config.get("async.concurrency") or 10, task_bytes // chunk_bytes)))
+    with (
+        _scheduler(address, _n_workers(address)) as kwargs,
+        _progress(progress, kwargs),
+        zarr.config.set({"async.concurrency": concurrency}),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        da.store(sources, targets, lock=False, compute=True, **kwargs)
+    consolidate(root)
+    return summary
+
+
+def _campaign(root: zarr.Group) -> dict[str, Any]:
+    campaign = root.attrs.get("campaign", {})
+    return json.loads(campaign) if isinstance(campaign, str) else dict(campaign)
+
+
+def _chi2_graph(root: zarr.Group, samples: zarr.Array, used: np.ndarray, task_bytes: int) -> da.Array:
+    """``(measurement, chain, draw)`` χ² of every draw used; tasks of whole measurements when they fit."""
+    campaign = _campaign(root)
+    sigma = float(campaign["noise"]["sigma"])
+    spec = root.attrs.get("operator") or campaign.get("operator")
+    spec_json = spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+    n_meas, n_chains, n_draws = samples.shape[:3]
+    per_measurement = 4 * n_chains * n_draws * int(np.prod(samples.shape[3:]))
+    if per_measurement > task_bytes:
+        chunks = samples.chunks[:3]
+    else:
+        chunks = (min(n_meas, max(1, task_bytes // per_measurement)), n_chains, n_draws)
+    grid = da.empty((n_meas, n_chains, n_draws), chunks=chunks, dtype=np.float64)
+    return da.map_blocks(
+        _chi2_block, grid, samples, root["y"], used, spec_json, root.attrs.get("campaign_root"), sigma, task_bytes, dtype=np.float64
+    )
+
+
+def _create_summary(
+    root: zarr.Group, shape: tuple[int, int, int, int], task: tuple[int, int, int], chi2_chunks: tuple[int, int, int],
+    level: float, used: np.ndarray, *, truth: bool,
+) -> zarr.Group:
+    """A fresh ``summary/`` group (an old one is replaced), chunked like the tasks: one writer per chunk."""
+    summary = zarr.open_group(root.store, path="summary", mode="w", zarr_format=3)
+    summary.attrs.update({"level": level})
+    m, c, h, w = shape
+    k, ty, tx = task
+    chunks = (k, c, ty, tx)
+    for name in PIXEL_STATS + (("error",) if truth else ()):
+        arr = _new_array(summary, name, shape, chunks, IMAGE_DIMS, "float64")
+        if name in ("mean", "std", "ci_lower", "ci_upper"):
+            arr.attrs["level"] = level
+    if truth:
+        _new_array(summary, "covered", shape, chunks, IMAGE_DIMS, "bool")
+        _new_array(summary, "coverage", (m,), (m,), ["measurement"], "float64")
+    n_chains, n_draws = root["samples"].shape[1:3]
+    _new_array(summary, "chi2_draws", (m, n_chains, n_draws), chi2_chunks, ["measurement", "chain", "draw"], "float64")
+    _new_array(summary, "chi2", (m,), (m,), ["measurement"], "float64")
+    arr = summary.create_array("draws_used", shape=(m,), chunks=(m,), dtype="int64", fill_value=0, dimension_names=["measurement"])
+    arr[...] = used
+    return summary
