@@ -228,13 +228,13 @@ def print_report(store: Any, console: Console | None = None) -> None:
         caption_justify="left",
     )
     table.add_column("meas.", justify="right")
-    table.add_column("draws", justify="right")
-    table.add_column("coverage", justify="right")
-    table.add_column("R̂ max", justify="right")
+    table.add_column("draws", justify="right", no_wrap=True)
+    table.add_column("coverage", justify="right", no_wrap=True)
+    table.add_column("R̂ max", justify="right", no_wrap=True)
     table.add_column("ESS bulk min", justify="right")
     table.add_column("ESS tail min", justify="right")
     table.add_column("χ² mean", justify="right")
-    table.add_column("flag", style="bold red")
+    table.add_column("flag", style="bold red", overflow="fold")
     for row in rows:
         planned = "?" if row["draws_planned"] is None else str(row["draws_planned"])
         rhat_style = "red" if not math.isfinite(row["rhat_max"]) or row["rhat_max"] > RHAT_WARN else "green"
