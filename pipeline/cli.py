@@ -201,11 +201,16 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
 
 @app.command()
 @handled
-def demo(out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the store and the maps.")) -> None:
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the store and the maps."),
+    learned: bool = typer.Option(
+        False, "--learned", help="Run examples/digits-inpaint-latino.yaml instead: LATINO with the shipped latent-consistency prior."
+    ),
+) -> None:
     """Run examples/demo.yaml end to end: run, reduce, report, maps."""
-    from uqcampaign.pipeline.demo import run_demo
+    from uqcampaign.pipeline.demo import DEMO_YAML, LEARNED_DEMO_YAML, run_demo
 
-    run_demo(out, console=console)
+    run_demo(out, console=console, yaml_path=LEARNED_DEMO_YAML if learned else DEMO_YAML)
 
 
 @app.command("train-prior")

@@ -18,10 +18,13 @@ from rich.console import Console
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.config import Campaign, load_campaign
 
-__all__ = ["DEMO_YAML", "demo_campaign", "run_demo"]
+__all__ = ["DEMO_YAML", "LEARNED_DEMO_YAML", "demo_campaign", "run_demo"]
 
 # The source checkout's examples/ folder (the package is installed editable from it).
-DEMO_YAML = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DEMO_YAML = EXAMPLES / "demo.yaml"
+# `uqc demo --learned`: LATINO with the shipped latent-consistency prior on held-out digits.
+LEARNED_DEMO_YAML = EXAMPLES / "digits-inpaint-latino.yaml"
 
 
 @contextlib.contextmanager
@@ -63,6 +66,7 @@ def run_demo(
     from uqcampaign.pipeline.reduce import reduce_store
     from uqcampaign.pipeline.report import print_report
     from uqcampaign.pipeline.runner import run_campaign
+    from uqcampaign.pipeline.units import count_measurements
 
     console = console or Console()
     out_dir = Path(out_dir).expanduser().resolve()
@@ -71,7 +75,7 @@ def run_demo(
     seconds: dict[str, float] = {}
     console.rule(f"uqc demo: {campaign.name}")
     console.print(
-        f"{campaign.data.simulate.count} measurements, {campaign.chains} chains x {campaign.draws} draws, "
+        f"{count_measurements(campaign)} measurements, {campaign.chains} chains x {campaign.draws} draws, "
         f"sampler {campaign.sampler}, prior {campaign.prior}",
         markup=False,
     )

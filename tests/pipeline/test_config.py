@@ -106,3 +106,24 @@ def test_empty_or_non_mapping_file(tmp_path: Path, text: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UQError, match="nowhere.yaml: campaign file not found"):
         load_campaign(tmp_path / "nowhere.yaml")
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_campaign_is_valid_and_its_files_exist(path: Path) -> None:
+    from uqcampaign.pipeline.units import count_measurements
+
+    campaign = load_campaign(path)
+    assert count_measurements(campaign) >= 1
+    for spec in (campaign.prior, campaign.operator):
+        for key in ("file", "path", "mask"):
+            if spec.get(key):
+                assert Path(campaign.resolve(spec[key])).exists(), f"{path.name}: {key} {spec[key]} missing"
+
+
+def test_learned_demo_is_an_example() -> None:
+    from uqcampaign.pipeline.demo import DEMO_YAML, LEARNED_DEMO_YAML
+
+    assert DEMO_YAML in EXAMPLES and LEARNED_DEMO_YAML in EXAMPLES
