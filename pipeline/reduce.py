@@ -31,6 +31,7 @@ Workers must see the store (shared filesystem or fsspec URL).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
@@ -62,6 +63,28 @@ _TILE_OVERHEAD = 3
 # Bytes of diagnostics temporaries per draw of a batch (4 float64 series, their complex spectrum, sorts).
 _BATCH_BYTES_PER_DRAW = 160
 MIN_DRAWS = 4
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _return_freed_memory_to_os() -> None:
+    """Make glibc give large freed blocks back to the OS at once (Linux; a no-op elsewhere).
+
+    By default glibc raises its mmap threshold after the first large free, so the tiles' and
+    decoded chunks' temporaries (MBs each) are then carved from per-thread heaps that keep
+    their freed pages: resident memory drifts to 2-3x what the reduction holds at any time
+    (measured on a 2 GB store: 1.2 GB peak RSS at a 384 MiB budget). A fixed threshold keeps
+    every block over 128 KiB mmap-backed, unmapped when freed — the same remedy as Dask
+    distributed's ``MALLOC_TRIM_THRESHOLD_`` for its workers.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1 << 17)  # glibc's own initial value, now fixed
+    libc.mallopt(m_trim_threshold, 1 << 17)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -301,6 +324,7 @@ def reduce_store(
         raise UQError(f"store {location} has no samples/draws_done arrays; run `uqc run CAMPAIGN.yaml` first")
     samples = root["samples"]
     n_meas, n_chains, n_draws, c, h, w = samples.shape
+    _return_freed_memory_to_os()
     done = np.asarray(root["draws_done"][...])
     if int(done.sum()) == 0:
         raise UQError(f"store {location} holds no draws yet (draws_done is 0 everywhere): run the campaign first (`uqc run CAMPAIGN.yaml`)")
