@@ -54,6 +54,14 @@ def is_url(location: str | Path) -> bool:
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        """Refuse a boolean where a number or string goes: pydantic would read ``chains: yes`` as 1."""
+        if isinstance(value, bool):
+            raise ValueError(f"got {value!r}; write a number or a string (YAML reads yes/no/on/off/true/false as booleans)")
+        return value
+
 
 class SimulateSpec(_Model):
     """``data.simulate``: draw ``count`` truths from the prior and simulate ``y = A x + σ ε``."""
@@ -80,7 +88,7 @@ class DataSpec(_Model):
 class NoiseSpec(_Model):
     """``noise``: Gaussian noise standard deviation ``sigma`` (> 0) of the likelihood."""
 
-    sigma: float = Field(gt=0)
+    sigma: float = Field(gt=0, allow_inf_nan=False)
 
 
 class ChunkSpec(_Model):
@@ -243,6 +251,29 @@ def _key_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _duplicate_key(node: yaml.Node | None, prefix: str = "") -> tuple[str, int, int] | None:
+    """``(key path, first line, second line)`` of the first key given twice in one mapping, else None.
+
+    ``yaml.safe_load`` silently keeps the last value of a repeated key; the campaign refuses it.
+    """
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = f"{prefix}{key.value}", key.start_mark.line + 1
+            if key.value in seen:
+                return name, seen[key.value], line
+            seen[key.value] = line
+            found = _duplicate_key(value, f"{name}.")
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{prefix}{index}.")
+            if found:
+                return found
+    return None
+
+
 def _where(path: Path | None, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     name = path.name if path is not None else "campaign"
     line = _key_line(node, loc)
@@ -315,7 +346,10 @@ def load_campaign(path: str | Path) -> Campaign:
     path = Path(path)
     if not path.is_file():
         raise UQError(f"{path}: campaign file not found; give the path of a campaign .yaml file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UQError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the campaign as UTF-8 YAML") from None
     try:
         raw = yaml.safe_load(text)
         node = yaml.compose(text)
@@ -326,4 +360,8 @@ def load_campaign(path: str | Path) -> Campaign:
         raise UQError(f"{where}: invalid YAML: {problem}") from None
     if raw is None:
         raise UQError(f"{path}: the file is empty; write the campaign keys of DESIGN §3 (name, store, data, ...)")
+    duplicate = _duplicate_key(node)
+    if duplicate:
+        key, first, second = duplicate
+        raise UQError(f"{path}:{second}: key '{key}' is given twice (lines {first} and {second}); keep one")
     return campaign_from_dict(raw, path.resolve().parent, path=path, node=node)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import zarr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -22,7 +23,7 @@ from uqcampaign.pipeline.config import Campaign
 from uqcampaign.pipeline.store import StoreLayout, consolidate, create_or_open, draws_done
 from uqcampaign.pipeline.units import load_components, pending_units, run_unit
 
-__all__ = ["RunResult", "prepare_store", "run_campaign", "draw_progress"]
+__all__ = ["RunResult", "prepare_store", "check_sampler", "run_campaign", "draw_progress"]
 
 
 @dataclass
@@ -45,10 +46,15 @@ def prepare_store(
     ``say`` receives each message (``--force`` removal, resuming) before its action happens.
     A new store gets ``y``/``x_true`` from :func:`~uqcampaign.pipeline.data.load_or_simulate`
     and the component descriptions in its attrs. The Ray driver calls this too.
+
+    The sampler is checked against the prior, operator and noise (ULA step bound, latent or
+    pixel prior) before the store is touched, so a bad campaign neither writes an empty store
+    that would block its corrected version nor lets ``--force`` delete the old one.
     """
     from uqcampaign.pipeline.data import load_or_simulate
 
     components = load_components(campaign, prior, operator)
+    check_sampler(campaign, *components)
 
     def layout() -> StoreLayout:
         prior_, operator_, sampler_ = components
@@ -58,6 +64,16 @@ def prepare_store(
 
     group, messages = create_or_open(campaign, force=force, layout=layout, say=say)
     return group, messages, components
+
+
+def check_sampler(campaign: Campaign, prior: Any, operator: Any, sampler: Any) -> None:
+    """UQError if ``sampler`` refuses this prior/operator/noise; runs no sampling step.
+
+    Every sampler's ``run`` checks its inputs when called and returns a lazy generator, so
+    calling it on a zero measurement ``(*obs_shape)`` and never consuming it costs nothing.
+    """
+    y = torch.zeros(tuple(operator.obs_shape), dtype=torch.float32)  # prepare_store builds on the CPU
+    sampler.run(y, operator, prior, campaign.noise.sigma, 1, 1, torch.Generator())
 
 
 class _DrawRate(ProgressColumn):

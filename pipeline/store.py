@@ -233,6 +233,9 @@ def create_or_open(
     - a store of another campaign: refused with a UQError naming both, unless ``force``,
       which deletes it after saying so: each message goes to ``say`` (e.g. ``console.print``)
       *before* the action it announces, and is also returned in ``messages``.
+
+    ``layout()`` runs before any store is removed, so a bad input it raises on (a data file
+    of the wrong shape, say) leaves the old store as it was.
     """
     location = campaign.store_location
     messages: list[str] = []
@@ -242,8 +245,11 @@ def create_or_open(
         if say is not None:
             say(message)
     attrs = existing_store_info(location)
+    new_layout: StoreLayout | None = None
     if attrs is not None:
         same = attrs.get("config_hash") == campaign.config_hash()
+        if force or (same and not attrs.get("initialized", False)):
+            new_layout = layout()  # before removing anything
         if force:
             group = zarr.open_group(location, mode="r", zarr_format=3)
             done, total = _draw_progress(group)
@@ -265,7 +271,7 @@ def create_or_open(
             state = "complete, nothing to do" if total and done >= total else "resuming: draws depend only on the seed"
             tell(f"{location}: holds the same campaign '{campaign.name}' ({done}/{total} chain-draws done); {state}")
             return group, messages
-    return create_store(campaign, layout()), messages
+    return create_store(campaign, new_layout if new_layout is not None else layout()), messages
 
 
 def create_store(campaign: Campaign, layout: StoreLayout) -> zarr.Group:

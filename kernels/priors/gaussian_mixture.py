@@ -275,8 +275,8 @@ def _read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] =
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
         raise UQError(f"cannot read prior file {path} as an .npz archive ({err}); save it with numpy.savez") from None
+    require(hasattr(data, "files"), f"prior file {path} is a single array, not an .npz archive; save it with numpy.savez")
     with data:
-        require(hasattr(data, "files"), f"prior file {path} is a single array, not an .npz archive; save it with numpy.savez")
         missing = [key for key in required if key not in data.files]
         if missing:
             raise UQError(f"prior file {path} has no key {missing[0]!r} (keys: {', '.join(data.files) or 'none'}); save it with {', '.join(required)}")

@@ -57,6 +57,8 @@ def resolve_model_dir(spec: dict[str, Any], root: Path | str | None) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_absolute() and root is not None:
         folder = Path(root) / folder
+    require(not folder.is_file(), f"prior {kind!r}: {str(folder)!r} is a file, not a model folder; "
+                                  f"set 'path' to the folder written by save_pretrained")
     require(folder.is_dir(), f"prior {kind!r}: model folder {str(folder)!r} does not exist; "
                              f"train one with `uqc train-prior {kind} --out {path}` or fix 'path'")
     return folder

@@ -80,7 +80,8 @@ class ULAConfig:
         require(self.alpha > 0, f"ula alpha = {self.alpha!r} must be > 0")
         require(self.epsilon > 0, f"ula epsilon = {self.epsilon!r} must be > 0 (a noise variance)")
         if self.box is not None:
-            box = tuple(float(b) for b in self.box)
+            numbers = isinstance(self.box, (tuple, list)) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.box)
+            box = tuple(float(b) for b in self.box) if numbers else ()
             require(len(box) == 2 and box[0] < box[1], f"ula box = {self.box!r} must be [lo, hi] with lo < hi, or null")
             object.__setattr__(self, "box", box)
 

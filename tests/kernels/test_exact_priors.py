@@ -289,6 +289,9 @@ def test_bad_files_and_specs_raise_uqerror(tmp_path: Path) -> None:
         build_prior({"kind": "gmm", "file": "nokey.npz"}, root=tmp_path)
     with pytest.raises(UQError, match=r"not found: .*missing\.npz"):
         build_prior({"kind": "gmm", "file": "missing.npz"}, root=tmp_path)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(UQError, match=r"single\.npy is a single array, not an \.npz archive"):
+        build_prior({"kind": "gmm", "file": "single.npy"}, root=tmp_path)
     (tmp_path / "junk.npz").write_text("not an archive")
     with pytest.raises(UQError, match=r"cannot read prior file .*junk\.npz"):
         build_prior({"kind": "gmm", "file": "junk.npz"}, root=tmp_path)

@@ -127,6 +127,9 @@ def test_autograd_only_when_the_caller_asks(diffusion_dir: Path) -> None:
 def test_missing_folder_is_one_line(tmp_path: Path) -> None:
     message = one_line_error({"kind": "diffusion", "path": "nowhere"}, tmp_path)
     assert "nowhere" in message and "does not exist" in message
+    (tmp_path / "weights.npz").write_bytes(b"")
+    message = one_line_error({"kind": "diffusion", "path": "weights.npz"}, tmp_path)
+    assert "weights.npz' is a file, not a model folder" in message
 
 
 def test_folder_of_another_kind_is_refused(diffusion_dir: Path, tmp_path: Path) -> None:

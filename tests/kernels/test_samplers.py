@@ -150,6 +150,7 @@ def test_dps_chains_are_independent(problem):
         ({"kind": "ula", "step": -1.0}, ["step"]),
         ({"kind": "ula", "thin": 0}, ["thin"]),
         ({"kind": "ula", "box": [1.0, 0.0]}, ["box"]),
+        ({"kind": "ula", "box": "x"}, ["box", "lo < hi"]),
         ({"kind": "dps", "zeta": -0.1}, ["zeta"]),
         ({"kind": "dps", "steps": 0}, ["steps"]),
         ({"kind": "latino", "delta": 0}, ["delta"]),

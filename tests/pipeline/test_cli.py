@@ -67,6 +67,36 @@ def test_bad_data_files(write_campaign, tmp_path: Path, y_shape, nan, truth_shap
     assert expected in line and ".npy" in line
 
 
+def test_duplicate_key_boolean_number_and_non_utf8(write_campaign, tmp_path: Path) -> None:
+    path = write_campaign()
+    lines = path.read_text().splitlines()
+    first = lines.index("chains: 6") + 1
+    path.write_text("\n".join([*lines, "chains: 2", ""]))
+    expected = f"campaign.yaml:{len(lines) + 1}: key 'chains' is given twice (lines {first} and {len(lines) + 1})"
+    assert expected in _one_line_error(["run", str(path), "--in-process"])
+    line = _one_line_error(["run", str(write_campaign(chains=True)), "--in-process"])
+    assert "'chains': got True" in line and "booleans" in line
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    assert "not a UTF-8 text file" in _one_line_error(["run", str(tmp_path / "latin1.yaml"), "--in-process"])
+
+
+def test_refused_sampler_writes_no_store(write_campaign) -> None:
+    bad = write_campaign(sampler={"kind": "ula", "step": 10, "burn_in": 1, "thin": 1})
+    assert "stability bound" in _one_line_error(["run", str(bad), "--in-process"])
+    assert not (bad.parent / "store.zarr").exists()  # the corrected campaign may use the path
+
+
+def test_force_with_a_bad_campaign_keeps_the_old_store(write_campaign, tmp_path: Path) -> None:
+    run_campaign(load_campaign(write_campaign("a.yaml", name="first")), progress=False)
+    bad_sampler = write_campaign("b.yaml", name="second", sampler={"kind": "ula", "step": 10, "burn_in": 1, "thin": 1})
+    assert "stability bound" in _one_line_error(["run", str(bad_sampler), "--in-process", "--force"])
+    np.save(tmp_path / "y.npy", np.zeros((2, 1, 8, 7), np.float32))
+    bad_data = write_campaign("c.yaml", name="third", data={"y": "y.npy"})
+    assert "data.y has shape" in _one_line_error(["run", str(bad_data), "--in-process", "--force"])
+    result = runner.invoke(app, ["inspect", str(tmp_path / "store.zarr")])
+    assert result.exit_code == 0 and "campaign: first" in result.output and "84/84 chain-draws" in result.output
+
+
 def test_store_of_another_campaign(write_campaign) -> None:
     run_campaign(load_campaign(write_campaign("a.yaml", name="first")), progress=False)
     second = write_campaign("b.yaml", name="second", seed=9)
