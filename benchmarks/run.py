@@ -26,6 +26,7 @@ SECTIONS = {
 def _load(file: str):
     spec = importlib.util.spec_from_file_location(file.removesuffix(".py"), HERE / file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         parts.append(_load(file).section(quick=args.quick))
-    args.out.write_text("\n".join(parts))
+        args.out.write_text("\n".join(parts))  # after every section: a failure later keeps the rest
     print(f"[bench] wrote {args.out}", file=sys.stderr)
     return 0
 
