@@ -17,7 +17,6 @@ consistency model has no Tweedie denoiser; at small σ the two agree).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.diffusion import timesteps_for
+from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
 from uqcampaign.kernels.priors.registry import check_keys
 from uqcampaign.kernels.schedule import linear_alphas_cumprod
@@ -45,7 +45,7 @@ def karras_consistency(unet: torch.nn.Module, x: Tensor, sigma: Tensor, sigma_mi
     return c_skip * x + c_out * unet(c_in * x, timestep).sample
 
 
-class ConsistencyPrior:
+class ConsistencyPrior(NetworkPrior):
     """Pixel prior from a consistency model; ``img_shape (C, H, W)``, ``alphas_cumprod (T,)`` float64."""
 
     kind = "consistency"
@@ -67,9 +67,7 @@ class ConsistencyPrior:
 
     def consistency(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """One-step ``x_t -> x_0``: ``x_t (B, C, H, W)`` (VP), ``t`` int or ``(B,)`` -> ``(B, C, H, W)``."""
-        if x_t.dim() != 4 or tuple(x_t.shape[1:]) != self.img_shape:
-            raise UQError(f"prior {self.kind!r} takes images (B, {', '.join(map(str, self.img_shape))}), got {tuple(x_t.shape)}; "
-                          f"resize the data or use a prior trained at that size")
+        self._check_shape(x_t, self.img_shape)
         param = next(self.unet.parameters())
         x = x_t.to(device=param.device, dtype=param.dtype)
         steps = timesteps_for(t, x.shape[0], self.alphas_cumprod.shape[0], x.device)
@@ -80,14 +78,6 @@ class ConsistencyPrior:
         return out.to(device=x_t.device, dtype=x_t.dtype)
 
     denoise = consistency
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -100,18 +90,6 @@ class ConsistencyPrior:
             "sigma_max": self.sigma_max,
             "img_shape": list(self.img_shape),
         }
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "ConsistencyPrior":
-        """A copy with the network on ``device`` in float ``dtype`` (self when nothing changes)."""
-        require(dtype is None or dtype.is_floating_point, f"prior dtype must be a float dtype, got {dtype}; use torch.float32 or torch.float64")
-        target = None if device is None else torch.device(device)
-        if (target is None or target.type == self.device.type) and (dtype is None or dtype == self.dtype):
-            return self
-        new = copy.copy(self)
-        new.unet = copy.deepcopy(self.unet).to(device=device, dtype=dtype)
-        if device is not None:
-            new.alphas_cumprod = self.alphas_cumprod.to(device)
-        return new
 
 
 def load_consistency_prior(spec: dict[str, Any], root: Path | str | None = None) -> ConsistencyPrior:

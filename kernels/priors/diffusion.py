@@ -15,7 +15,6 @@ The network's parameters never require grad; a graph is built only when the call
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from uqcampaign.kernels.errors import UQError, require
+from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
 from uqcampaign.kernels.priors.registry import check_keys
 
@@ -64,7 +64,7 @@ def tweedie_x0(x_t: Tensor, out: Tensor, alpha_bar: Tensor, prediction_type: str
     return out
 
 
-class DiffusionPrior:
+class DiffusionPrior(NetworkPrior):
     """Pixel prior from a ``UNet2DModel`` and its training schedule.
 
     ``img_shape = (C, H, W)`` comes from the UNet config; ``alphas_cumprod (T,)`` float64 from
@@ -94,7 +94,7 @@ class DiffusionPrior:
     # -- the two maps the samplers call -----------------------------------------------------
     def denoise(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """``E[x_0 | x_t]``: x_t `(B, C, H, W)`, t int or LongTensor `(B,)` -> `(B, C, H, W)`."""
-        self._check_images(x_t)
+        self._check_shape(x_t, self.img_shape)
         param = next(self.unet.parameters())
         x = x_t.to(device=param.device, dtype=param.dtype)
         steps = timesteps_for(t, x.shape[0], self.num_train_timesteps, x.device)
@@ -107,19 +107,6 @@ class DiffusionPrior:
         return self.denoise(x_t, t)
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _check_images(self, x: Tensor) -> None:
-        if tuple(x.shape[1:]) != self.img_shape or x.dim() != 4:
-            raise UQError(f"prior {self.kind!r} takes images (B, {', '.join(map(str, self.img_shape))}), "
-                          f"got {tuple(x.shape)}; resize the data or use a prior trained at that size")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def describe(self) -> dict[str, Any]:
         """JSON-able description kept in the store's attrs."""
         return {
@@ -132,22 +119,6 @@ class DiffusionPrior:
             "num_train_timesteps": self.num_train_timesteps,
             "img_shape": list(self.img_shape),
         }
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DiffusionPrior":
-        """A copy whose network is on ``device`` in float ``dtype`` (self when nothing changes).
-
-        The network is copied only when it moves, so a prior shared by samplers is never
-        changed under them; ``alphas_cumprod`` stays float64.
-        """
-        require(dtype is None or dtype.is_floating_point, f"prior dtype must be a float dtype, got {dtype}; use torch.float32 or torch.float64")
-        target = None if device is None else torch.device(device)
-        if (target is None or target.type == self.device.type) and (dtype is None or dtype == self.dtype):
-            return self
-        new = copy.copy(self)
-        new.unet = copy.deepcopy(self.unet).to(device=device, dtype=dtype)
-        if device is not None:
-            new.alphas_cumprod = self.alphas_cumprod.to(device)
-        return new
 
 
 def _load_unet_and_scheduler(folder: Path, kind: str, schedulers: tuple[str, ...]) -> tuple[Any, Any]:

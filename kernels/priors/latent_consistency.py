@@ -20,7 +20,6 @@ which for a distilled LCM is its one-step map and for a plain latent ε-model (w
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.diffusion import timesteps_for, tweedie_x0
+from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
 from uqcampaign.kernels.priors.registry import check_keys
 
@@ -48,7 +48,7 @@ def guidance_embedding(w: Tensor, dim: int) -> Tensor:
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
 
-class LatentConsistencyPrior:
+class LatentConsistencyPrior(NetworkPrior):
     """Latent prior: ``encode``/``decode`` through the VAE, ``consistency`` through the conditioned UNet.
 
     ``img_shape = (C, H, W)`` of the VAE's images, ``latent_shape = (C_z, H/f, W/f)`` with
@@ -57,6 +57,9 @@ class LatentConsistencyPrior:
 
     kind = "latent-consistency"
     is_latent = True
+
+    _networks = ("vae", "unet")
+    _tensors = ("condition",)
 
     def __init__(self, vae: Any, unet: Any, scheduler: Any, condition: Tensor, *, prompt: str,
                  guidance_scale: float = 1.0, path: str | None = None) -> None:
@@ -85,14 +88,14 @@ class LatentConsistencyPrior:
     # -- codec ---------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
         """``x: (B, C, H, W)`` in ``[0, 1]`` -> ``z: (B, *latent_shape)`` (posterior mean, scaled)."""
-        self._check(x, self.img_shape, "images")
+        self._check_shape(x, self.img_shape, "images")
         xin = x.to(device=self.device, dtype=self.dtype)
         z = self.vae.encode(2.0 * xin - 1.0).latent_dist.mean * self.scaling_factor
         return z.to(dtype=x.dtype)
 
     def decode(self, z: Tensor) -> Tensor:
         """``z: (B, *latent_shape)`` -> ``x: (B, C, H, W)`` in image units (not clipped)."""
-        self._check(z, self.latent_shape, "latents")
+        self._check_shape(z, self.latent_shape, "latents")
         zin = z.to(device=self.device, dtype=self.dtype)
         x = (self.vae.decode(zin / self.scaling_factor).sample + 1.0) / 2.0
         return x.to(dtype=z.dtype)
@@ -100,7 +103,7 @@ class LatentConsistencyPrior:
     # -- the network -----------------------------------------------------------------------
     def consistency(self, z_t: Tensor, t: int | Tensor) -> Tensor:
         """``G(z_t, t, c)``: ``z_t (B, *latent_shape)``, t int or ``(B,)`` -> ``z_0 (B, *latent_shape)``."""
-        self._check(z_t, self.latent_shape, "latents")
+        self._check_shape(z_t, self.latent_shape, "latents")
         z = z_t.to(device=self.device, dtype=self.dtype)
         batch = z.shape[0]
         steps = timesteps_for(t, batch, self.num_train_timesteps, z.device)
@@ -120,19 +123,6 @@ class LatentConsistencyPrior:
         raise UQError(f"prior {self.kind!r} is a latent prior with no pixel denoiser; use sampler kind latino, or a diffusion prior")
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _check(self, x: Tensor, shape: tuple[int, int, int], what: str) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != shape:
-            raise UQError(f"prior {self.kind!r} takes {what} (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}; "
-                          f"resize the data or use a prior trained at that size")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def describe(self) -> dict[str, Any]:
         """JSON-able description kept in the store's attrs."""
         return {
@@ -147,20 +137,6 @@ class LatentConsistencyPrior:
             "img_shape": list(self.img_shape),
             "latent_shape": list(self.latent_shape),
         }
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "LatentConsistencyPrior":
-        """A copy with the VAE, UNet and condition on ``device`` in float ``dtype`` (self when nothing changes)."""
-        require(dtype is None or dtype.is_floating_point, f"prior dtype must be a float dtype, got {dtype}; use torch.float32 or torch.float64")
-        target = None if device is None else torch.device(device)
-        if (target is None or target.type == self.device.type) and (dtype is None or dtype == self.dtype):
-            return self
-        new = copy.copy(self)
-        new.vae = copy.deepcopy(self.vae).to(device=device, dtype=dtype)
-        new.unet = copy.deepcopy(self.unet).to(device=device, dtype=dtype)
-        new.condition = self.condition.to(device=device, dtype=dtype)
-        if device is not None:
-            new.alphas_cumprod = self.alphas_cumprod.to(device)
-        return new
 
 
 def encode_prompt(tokenizer: Any, text_encoder: Any, prompt: str) -> Tensor:
