@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +35,13 @@ from uqcampaign.kernels.operators import build_operator
 from uqcampaign.kernels.priors.registry import build_prior
 from uqcampaign.kernels.rng import unit_generator
 from uqcampaign.kernels.samplers.registry import build_sampler
+from uqcampaign.kernels.threads import torch_threads
 from uqcampaign.kernels.training.datasets import held_out_measurements
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("inpaint", "deblur", "superres")
 LEVEL = 0.9
 DIFFUSION_CHAINS = 64
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -117,7 +106,7 @@ def draws_per_second(name: str, prior: Any, n_chains: int, n_draws: int, threads
     sampler = build_sampler(dict(campaign["sampler"]))
     _, y, _ = held_out_measurements(operator, sigma, 1, seed=0)
     y0 = y[0].to(torch.float32)
-    with _threads(threads):
+    with torch_threads(threads):
         for _ in sampler.run(y0, operator, prior, sigma, n_chains, 1, torch.Generator().manual_seed(0)):  # warm-up
             pass
         draws = sampler.run(y0, operator, prior, sigma, n_chains, n_draws, torch.Generator().manual_seed(1))
@@ -131,7 +120,7 @@ def draws_per_second(name: str, prior: Any, n_chains: int, n_draws: int, threads
 def calls_per_second(call: Callable[[], Any], n_calls: int, threads: int, max_seconds: float = 5.0) -> float:
     """Forward calls/s of ``call`` with ``threads`` torch threads: one warm-up call, then ``n_calls``
     calls or as many as fit in ``max_seconds`` (at least 2), whichever comes first."""
-    with _threads(threads), torch.no_grad():
+    with torch_threads(threads), torch.no_grad():
         call()
         done, start = 0, time.perf_counter()
         while done < n_calls and (done < 2 or time.perf_counter() - start < max_seconds):
@@ -165,7 +154,7 @@ def section(quick: bool = False) -> str:
     thread_counts = tuple(sorted({1, default_threads}))
     prior_spec = _example(EXAMPLES[0])["prior"]
     prior = _lcm_prior(prior_spec)
-    with _threads(1):
+    with torch_threads(1):
         rows = [quality(name, prior, n_digits, n_chains, n_draws) for name in EXAMPLES]
     speed = {th: draws_per_second(EXAMPLES[0], prior, n_chains, speed_draws, th) for th in thread_counts}
     networks = network_rows(prior, n_calls, thread_counts)

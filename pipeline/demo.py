@@ -8,14 +8,13 @@ Markov chain with the same code path as any campaign.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.threads import torch_threads
 from uqcampaign.pipeline.config import Campaign, load_campaign
 
 __all__ = ["DEMO_YAML", "LEARNED_DEMO_YAML", "demo_campaign", "run_demo"]
@@ -25,24 +24,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DEMO_YAML = EXAMPLES / "demo.yaml"
 # `uqc demo --learned`: LATINO with the shipped latent-consistency prior on held-out digits.
 LEARNED_DEMO_YAML = EXAMPLES / "digits-inpaint-latino.yaml"
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads, then restore the previous count.
-
-    The demo's batches (32 chains of 16x16 images) are too small to gain from intra-op
-    threads; on a busy 2-core machine the spinning threads cost ~18x the CPU time
-    (measured: 100 ULA steps, 5.7 s CPU with 2 threads, 0.31 s with 1).
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def demo_campaign(out_dir: str | Path, yaml_path: str | Path = DEMO_YAML) -> Campaign:
@@ -81,7 +62,7 @@ def run_demo(
     )
 
     start = time.perf_counter()
-    with _torch_threads(1):
+    with torch_threads(1):
         run_campaign(campaign, progress=progress, console=console)
     seconds["run"] = time.perf_counter() - start
 

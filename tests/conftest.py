@@ -11,13 +11,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-import torch
+
+from uqcampaign.kernels.threads import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Test problems are tiny: one intra-op thread is faster than two on 2 shared cores (~100× here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
