@@ -125,9 +125,11 @@ def section(quick: bool = False) -> str:
         folder = Path(tmp)
         env = {**os.environ, "UQC_RAY_TMPDIR": tmp, "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
         env.pop("RAY_ADDRESS", None)
-        # Calibrate: one unit with a short burn-in gives the cost of a step.
-        probe_burn = 20
-        seconds, _ = _bare_loop(_write(folder, size, probe_burn, "probe.zarr"), max_units=1)
+        # Calibrate: one unit with a short burn-in gives the cost of a step (the second run: the
+        # first pays torch's warm-up and would undersize the campaign).
+        probe_burn = 200
+        for probe in ("probe0.zarr", "probe1.zarr"):
+            seconds, _ = _bare_loop(_write(folder, size, probe_burn, probe), max_units=1)
         per_step = seconds / (probe_burn + size.draws * size.thin)
         burn_in = max(0, int(size.target_s / (size.units * per_step)) - size.draws * size.thin)
         files = {name: _write(folder, size, burn_in, f"{name}.zarr") for name in ("bare", "inproc", "ray1", "ray2")}
