@@ -114,17 +114,18 @@ def run_unit(
     y = torch.as_tensor(np.asarray(group["y"][m]), dtype=torch.float32, device=device)  # (*obs_shape)
     generator = unit_generator(campaign.seed, m, unit.block, device)
     chunks = campaign.draw_chunks()
-    buffer = np.empty((n_chains, campaign.chunks.draws, *prior.img_shape), dtype=np.float32)  # (chain, draw, C, H, W)
+    # (chain, draw, C, H, W) on the sampler's device: one host transfer per chunk, not a sync per draw
+    buffer = torch.empty((n_chains, campaign.chunks.draws, *prior.img_shape), dtype=torch.float32, device=device)
     written = nfe = 0
     k = 0  # index of the chunk being filled
     for draw in sampler.run(y, operator, prior, campaign.noise.sigma, n_chains, campaign.draws, generator):
         nfe += draw.nfe
         chunk = chunks[k]
-        buffer[:, draw.index - chunk.start] = draw.x.detach().to("cpu", torch.float32).numpy()
+        buffer[:, draw.index - chunk.start] = draw.x.detach()
         if draw.index + 1 < chunk.stop:
             continue
         if chunk.stop > already:  # a done chunk was recomputed only to move the chain on
-            write_draw_block(group, m, chains, chunk, buffer[:, : chunk.stop - chunk.start])
+            write_draw_block(group, m, chains, chunk, buffer[:, : chunk.stop - chunk.start].cpu().numpy())
             mark_done(group, m, chains, chunk.stop)
             written += chunk.stop - chunk.start
             if on_chunk is not None:

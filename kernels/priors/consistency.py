@@ -79,16 +79,10 @@ class ConsistencyPrior(NetworkPrior):
 
     denoise = consistency
 
-    def describe(self) -> dict[str, Any]:
+    def _description(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "path": self.path,
-            "network": type(self.unet).__name__,
-            "parameters": int(sum(p.numel() for p in self.unet.parameters())),
-            "scheduler": type(self.scheduler).__name__,
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
-            "img_shape": list(self.img_shape),
         }
 
 

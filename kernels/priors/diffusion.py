@@ -107,17 +107,10 @@ class DiffusionPrior(NetworkPrior):
         return self.denoise(x_t, t)
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        """JSON-able description kept in the store's attrs."""
+    def _description(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "path": self.path,
-            "network": type(self.unet).__name__,
-            "parameters": int(sum(p.numel() for p in self.unet.parameters())),
-            "scheduler": type(self.scheduler).__name__,
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
-            "img_shape": list(self.img_shape),
         }
 
 

@@ -123,18 +123,11 @@ class LatentConsistencyPrior(NetworkPrior):
         raise UQError(f"prior {self.kind!r} is a latent prior with no pixel denoiser; use sampler kind latino, or a diffusion prior")
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        """JSON-able description kept in the store's attrs."""
+    def _description(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "path": self.path,
             "prompt": self.prompt,
             "guidance_scale": self.guidance_scale,
-            "network": type(self.unet).__name__,
-            "parameters": int(sum(p.numel() for m in (self.unet, self.vae) for p in m.parameters())),
-            "scheduler": type(self.scheduler).__name__,
             "prediction_type": self.prediction_type,
-            "img_shape": list(self.img_shape),
             "latent_shape": list(self.latent_shape),
         }
 

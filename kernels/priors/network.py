@@ -22,7 +22,10 @@ class NetworkPrior:
     """
 
     kind: str
+    path: str | None
+    img_shape: tuple[int, int, int]
     unet: torch.nn.Module
+    scheduler: Any
     alphas_cumprod: Tensor
     _networks: tuple[str, ...] = ("unet",)
     _tensors: tuple[str, ...] = ()
@@ -34,6 +37,22 @@ class NetworkPrior:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description kept in the store's attrs: the common fields plus :meth:`_description`."""
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "network": type(self.unet).__name__,
+            "parameters": int(sum(p.numel() for name in self._networks for p in getattr(self, name).parameters())),
+            "scheduler": type(self.scheduler).__name__,
+            "img_shape": list(self.img_shape),
+            **self._description(),
+        }
+
+    def _description(self) -> dict[str, Any]:
+        """The fields of :meth:`describe` proper to a subclass."""
+        return {}
 
     def _check_shape(self, x: Tensor, shape: tuple[int, ...], what: str = "images") -> None:
         """Raise UQError unless ``x`` is ``(B, *shape)``."""
