@@ -31,6 +31,21 @@ def _load(file: str):
     return module
 
 
+MARK = "<!-- section: {} -->"
+
+
+def _read_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing BENCHMARKS.md, by name (each starts after its ``MARK`` line)."""
+    if not path.exists():
+        return {}
+    found: dict[str, str] = {}
+    for chunk in path.read_text().split("<!-- section: ")[1:]:
+        name, _, body = chunk.partition(" -->\n")
+        if name in SECTIONS:
+            found[name] = body.rstrip("\n") + "\n"
+    return found
+
+
 def machine_line() -> str:
     cpu = platform.processor() or platform.machine()
     return (
@@ -45,19 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, figures not meaningful")
     parser.add_argument("--only", default=",".join(SECTIONS))
     args = parser.parse_args(argv)
-    parts = [
-        "# Benchmarks\n",
+    header = (
+        "# Benchmarks\n\n"
         "Written by `make bench` (`python benchmarks/run.py --out BENCHMARKS.md`); every figure below comes from "
-        "the command named in its section.\n",
-        f"Machine: {machine_line()}.\n",
-    ]
+        "the command named in its section; `--only NAME` reruns one section and keeps the others.\n\n"
+        f"Machine: {machine_line()}.\n"
+    )
+    sections = _read_sections(args.out)
     for name in args.only.split(","):
         file = SECTIONS[name]
         if not (HERE / file).exists():
             continue
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        parts.append(_load(file).section(quick=args.quick))
-        args.out.write_text("\n".join(parts))  # after every section: a failure later keeps the rest
+        sections[name] = _load(file).section(quick=args.quick)
+        # after every section: a failure later keeps the rest
+        args.out.write_text(header + "".join(f"\n{MARK.format(n)}\n{sections[n]}" for n in SECTIONS if n in sections))
     print(f"[bench] wrote {args.out}", file=sys.stderr)
     return 0
 
