@@ -11,15 +11,20 @@
 A remote address is probed with a plain TCP connection first, bounded by ``timeout``
 seconds, so an unreachable cluster is a one-line :class:`UQError` in seconds instead of
 Ray's long retry loop. Token authentication (Ray ≥ 2.5x) is left as Ray configures it: a
-joined cluster needs its token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``).
+joined cluster needs its token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``). A local instance
+gets what Ray ≥ 2.59 gives it by default, token authentication (the token is ``~/.ray/auth_token``,
+made once), but :func:`name_local_auth_mode` says so in ``RAY_AUTH_MODE`` so that Ray does not warn
+about its default on every run.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import ipaddress
 import logging
 import os
 import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -27,9 +32,10 @@ from urllib.parse import urlsplit
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.config import is_url
 
-__all__ = ["Connection", "connect", "disconnect", "parse_address", "probe", "check_store_reachable", "SharedStoreWarning", "TMPDIR_ENV"]
+__all__ = ["Connection", "connect", "name_local_auth_mode", "disconnect", "parse_address", "probe", "check_store_reachable", "SharedStoreWarning", "TMPDIR_ENV"]
 
 TMPDIR_ENV = "UQC_RAY_TMPDIR"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 # Ray puts unix sockets at <temp_dir>/session_<date>_<pid>/sockets/plasma_store (~60 characters
 # after temp_dir); a socket path is limited to 107 bytes on Linux.
 _MAX_TMPDIR_CHARS = 45
@@ -82,12 +88,35 @@ def _temp_dir() -> str | None:
     return folder or None
 
 
+def name_local_auth_mode() -> None:
+    """Set ``RAY_AUTH_MODE=token`` for a local instance unless the user chose a mode.
+
+    Ray ≥ 2.59 turns token authentication on for a new local instance and warns that it did
+    unless the variable names a mode. Ray reads it once, when the process imports ``ray``: set
+    later, this process would keep authentication off while the raylet it starts turns it on, and
+    they could not talk. So nothing is set once ``ray`` is imported (Ray then warns as before).
+    """
+    if AUTH_MODE_ENV not in os.environ and "ray" not in sys.modules and _ray_version() >= (2, 59):
+        os.environ[AUTH_MODE_ENV] = "token"
+
+
+def _ray_version() -> tuple[int, int]:
+    """(major, minor) of the installed Ray, read without importing it; (0, 0) when unknown."""
+    try:
+        major, minor = importlib.metadata.version("ray").split(".")[:2]
+        return int(major), int(minor)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
 def connect(address: str, *, timeout: float = 5.0) -> Connection:
     """Attach this process to Ray at ``address`` (see the module docstring).
 
     When Ray is already initialised in this process (a test fixture, a notebook), that
     connection is reused and left open (``owned=False``).
     """
+    if address == "local":
+        name_local_auth_mode()
     import ray
 
     if ray.is_initialized():

@@ -2,32 +2,70 @@
 
 Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
 User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
-stderr and exit with code 2; ``uqc --debug COMMAND`` shows the traceback instead.
+stderr and exit with code 2; ``uqc --debug COMMAND`` shows the traceback instead. Usage errors
+(an option below its ``min=``, a missing argument, an unknown option or command) are one line
+with exit code 2 too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from uqcampaign.kernels.errors import UQError
 
+try:  # recent typer ships its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import UsageError
+
 __all__ = ["app", "main"]
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _usage_errors_on_one_line() -> Iterator[None]:
+    """Print a command-line usage error (bad option value, missing argument, unknown command) as
+    one line ``error: …`` and exit 2, instead of typer's usage text and boxed message."""
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `uqc`: typer prints the help
+            raise
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        err_console.print(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{hint}", markup=False)
+        raise typer.Exit(2) from None
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The ``uqc`` group: usage errors of the group and of its commands are one line, exit code 2."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_errors_on_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_errors_on_one_line():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
     name="uqc",
+    cls=_OneLineUsageErrors,
     help="Distributed MCMC campaigns for uncertainty quantification in imaging inverse problems.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _options: dict[str, bool] = {"debug": False}  # global CLI flags, set by the app callback
@@ -98,6 +136,10 @@ def run(
 
         result = run_campaign(spec, resume=resume, force=force, progress=progress, console=err_console)
     else:
+        if address == "local":
+            from uqcampaign.cluster.connect import name_local_auth_mode
+
+            name_local_auth_mode()  # before the driver's modules import Ray
         from uqcampaign.cluster.driver import run_campaign_ray
 
         result = run_campaign_ray(
@@ -223,11 +265,19 @@ def train_prior(
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
     dataset: str = typer.Option("digits16", help="Training data set (shipped with a package)."),
+    batch_size: int = typer.Option(128, "--batch-size", min=1, help="Training batch size."),
+    lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate (warm-up then cosine decay)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of every batch."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher folder: a diffusion prior (consistency) or a latent ε-model (latent-consistency: distil an LCM)."),
+    vae_steps: Optional[int] = typer.Option(None, "--vae-steps", min=1, help="latent-consistency without --teacher: autoencoder steps (default 1500)."),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every", min=1, help="Steps between checkpoints."),
 ) -> None:
-    """Train a small learned prior on a data set shipped with a package."""
+    """Train a small learned prior on a data set shipped with a package (priors/README.md has the recipes)."""
     from uqcampaign.kernels.training import train_prior as _train
 
-    path = _train(kind, out, dataset=dataset, steps=steps, device=device, resume=resume, force=force)
+    options = {"teacher": None if teacher is None else str(teacher), "vae_steps": vae_steps}
+    path = _train(kind, out, dataset=dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                  resume=resume, force=force, checkpoint_every=checkpoint_every, **options)
     console.print(f"prior written to {path}", markup=False)
 
 

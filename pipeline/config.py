@@ -3,7 +3,9 @@
 ``load_campaign(path)`` parses the YAML with ``yaml.safe_load``, validates it (unknown keys
 are errors everywhere) and reports every problem as one :class:`UQError` line
 ``campaign.yaml:7: unknown key 'sampler.stepp'``: the key path is mapped back to its line by
-walking the node tree of ``yaml.compose``.
+walking the node tree of ``yaml.compose``. The operator, prior and sampler specs are checked
+there too, cheaply (the prior's kind and keys only: nothing is loaded), so a misspelt key of
+theirs also fails with its line.
 
 Paths in the file (``store``, ``data.y``, ``data.truth``, ``prior.file``/``path``,
 ``operator.file``/``mask``) are relative to the YAML file's folder, :attr:`Campaign.root`.
@@ -21,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -315,26 +319,70 @@ def campaign_from_dict(raw: Any, root: str | Path | None = None, *, path: Path |
         more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise UQError(f"{_where(path, node, loc)}: {message}{more}") from None
     campaign.with_root(root if root is not None else Path.cwd())
-    _check_sampler_spec(campaign, path, node)
+    _check_specs(campaign, path, node)
     return campaign
 
 
-def _check_sampler_spec(campaign: Campaign, path: Path | None, node: yaml.Node | None) -> None:
-    """Build the sampler (cheap, no prior) so a bad sampler key fails at load time with its line."""
+def _check_specs(campaign: Campaign, path: Path | None, node: yaml.Node | None) -> None:
+    """Check the operator, prior and sampler specs (cheaply) so a bad kind, key or value fails with its line."""
+    for section, check in _SPEC_CHECKS.items():
+        spec = getattr(campaign, section)
+        try:
+            check(dict(spec))
+        except ImportError:  # kernels not installed yet: the runner builds the component later and reports there
+            continue
+        except UQError as exc:
+            raise UQError(f"{_where(path, node, _spec_loc(section, spec, str(exc)))}: {exc}") from None
+
+
+# The operator check builds on a probe image, with file keys pointing at a path that does not exist
+# (no file is read); it reports only the errors below, which depend neither on the image shape (known
+# once the prior is loaded) nor on a file's contents.
+_PROBE_IMAGE = (1, 8, 8)
+_PROBE_FILE = "/nonexistent/uqc-probe.npy"
+_SHAPE_FREE = ("unknown operator kind", "unknown key", " must be ", "missing key", "gives both")
+
+
+def _check_operator(spec: dict[str, Any]) -> None:
+    """Build the operator on a probe image: a bad kind, key or value fails here; the rest is left to the runner."""
+    from uqcampaign.kernels.operators import build_operator
+
+    probe = {key: _PROBE_FILE if key in ("mask", "file") else value for key, value in spec.items()}
     try:
-        from uqcampaign.kernels.samplers.registry import build_sampler
-    except ImportError:  # kernels not installed yet: the runner builds it later and reports there
-        return
-    try:
-        build_sampler(dict(campaign.sampler))
+        build_operator(probe, _PROBE_IMAGE)
     except UQError as exc:
-        text = str(exc)
-        loc: tuple[Any, ...] = ("sampler",)
-        for key in campaign.sampler:
-            if f"'{key}'" in text or f"sampler.{key}" in text:
-                loc = ("sampler", key)
-                break
-        raise UQError(f"{_where(path, node, loc)}: {text}") from None
+        if any(part in str(exc) for part in _SHAPE_FREE):
+            raise
+
+
+def _check_prior(spec: dict[str, Any]) -> None:
+    """Check the prior's kind and keys only: loading it may read big files or a network."""
+    from uqcampaign.kernels.priors.registry import check_prior_spec
+
+    check_prior_spec(spec)
+
+
+def _check_sampler(spec: dict[str, Any]) -> None:
+    """Build the sampler (cheap, no prior): a bad kind, key or value fails here."""
+    from uqcampaign.kernels.samplers.registry import build_sampler
+
+    build_sampler(spec)
+
+
+# Checked at load time, in file order, so a bad component spec fails with the line of its key.
+_SPEC_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"operator": _check_operator, "prior": _check_prior, "sampler": _check_sampler}
+
+
+def _spec_loc(section: str, spec: dict[str, Any], message: str) -> tuple[str, ...]:
+    """Key path of the ``section`` key that ``message`` names (``'key'``, ``key=`` or ``section.key``).
+
+    Else the ``kind`` key when the message is about the kind, else the section itself.
+    """
+    for key in spec:
+        name = re.escape(str(key))
+        if re.search(rf"'{name}'|(?<![\w.]){name}=|\b{re.escape(section)}\.{name}\b", message):
+            return (section, str(key))
+    return (section, "kind") if "kind" in message else (section,)
 
 
 def load_campaign(path: str | Path) -> Campaign:

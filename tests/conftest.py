@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 # Set before any test module imports diffusers/transformers/ray.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One Ray token for the whole session: every Ray instance a test starts (and every `uqc` subprocess)
+# uses it, so Ray never writes ~/.ray/auth_token and a driver never meets a GCS with another token.
+os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex)
 
 import pytest
 

@@ -27,7 +27,7 @@ from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.diffusion import timesteps_for
 from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
-from uqcampaign.kernels.priors.registry import check_keys
+from uqcampaign.kernels.priors.registry import PRIOR_KEYS, check_keys
 from uqcampaign.kernels.schedule import linear_alphas_cumprod
 
 __all__ = ["CONSISTENCY_PIPELINES", "ConsistencyPrior", "load_consistency_prior", "karras_consistency"]
@@ -89,7 +89,7 @@ class ConsistencyPrior(NetworkPrior):
 def load_consistency_prior(spec: dict[str, Any], root: Path | str | None = None) -> ConsistencyPrior:
     """Build a :class:`ConsistencyPrior` from ``{kind: consistency, path: folder[, img_shape]}`` (offline, safetensors)."""
     kind = "consistency"
-    check_keys(spec, ("path", "img_shape", "image_size"))
+    check_keys(spec, PRIOR_KEYS[kind])
     folder, _ = open_model_folder(spec, root, kind, CONSISTENCY_PIPELINES)
     check_component_class(folder, "unet", "config.json", kind, ("UNet2DModel",))
     check_component_class(folder, "scheduler", "scheduler_config.json", kind, ("CMStochasticIterativeScheduler",))

@@ -24,7 +24,7 @@ from torch import Tensor
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.base import alpha_bar
 from uqcampaign.kernels.priors.posterior import GaussianMixturePosterior, linear_gaussian_posterior
-from uqcampaign.kernels.priors.registry import check_keys, resolve_path
+from uqcampaign.kernels.priors.registry import PRIOR_KEYS, check_keys, resolve_path
 from uqcampaign.kernels.schedule import linear_alphas_cumprod
 
 __all__ = ["GaussianMixturePrior", "load_gaussian_prior", "load_gmm_prior"]
@@ -293,12 +293,9 @@ def _check_described(prior: GaussianMixturePrior, spec: Mapping[str, Any]) -> Ga
     return prior
 
 
-_INFO_KEYS = ("img_shape", "components", "covariance")
-
-
 def load_gmm_prior(spec: Mapping[str, Any], root: Path | None) -> GaussianMixturePrior:
     """``{kind: gmm, file: x.npz}`` → :class:`GaussianMixturePrior` (``file`` relative to ``root``)."""
-    check_keys(spec, ("file", *_INFO_KEYS))
+    check_keys(spec, PRIOR_KEYS["gmm"])
     require("file" in spec, "gmm prior spec needs a file: {kind: gmm, file: prior.npz}")
     path = resolve_path(spec["file"], root, "gmm prior file")
     prior = GaussianMixturePrior.from_npz(path, source={"file": str(spec["file"])})
@@ -311,7 +308,7 @@ def load_gaussian_prior(spec: Mapping[str, Any], root: Path | None) -> GaussianM
     The file holds ``mean (C,H,W)`` and ``variance (C,H,W)`` or ``covariance (d,d)``; inline
     ``mean`` and ``variance`` are numbers or nested lists broadcastable to ``shape``.
     """
-    check_keys(spec, ("file", "shape", "mean", "variance", *_INFO_KEYS))
+    check_keys(spec, PRIOR_KEYS["gaussian"])
     inline = [key for key in ("shape", "mean", "variance") if key in spec]
     if "file" in spec:
         require(not inline, f"gaussian prior spec gives both a file and {', '.join(inline)}; give one of them")

@@ -14,6 +14,9 @@ kind                   spec
 ``consistency``        ``{path: folder}``
 ``latent-consistency`` ``{path: folder}``
 =====================  ==============================================================
+
+:data:`PRIOR_KEYS` lists the keys each kind takes (the loaders check them with it), so
+:func:`check_prior_spec` can refuse a bad kind or key without importing a loader or reading a file.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.priors.base import Prior
 
-__all__ = ["PRIOR_KINDS", "build_prior", "resolve_path", "check_keys"]
+__all__ = ["PRIOR_KINDS", "PRIOR_KEYS", "build_prior", "check_prior_spec", "resolve_path", "check_keys"]
 
 _LOADERS: dict[str, str] = {
     "gaussian": "uqcampaign.kernels.priors.gaussian_mixture:load_gaussian_prior",
@@ -36,6 +39,14 @@ _LOADERS: dict[str, str] = {
     "latent-consistency": "uqcampaign.kernels.priors.latent_consistency:load_latent_consistency_prior",
 }
 PRIOR_KINDS: tuple[str, ...] = tuple(_LOADERS)
+# Keys each kind takes besides ``kind`` (img_shape, components, covariance repeat describe()).
+PRIOR_KEYS: dict[str, tuple[str, ...]] = {
+    "gaussian": ("file", "shape", "mean", "variance", "img_shape", "components", "covariance"),
+    "gmm": ("file", "img_shape", "components", "covariance"),
+    "diffusion": ("path", "img_shape", "image_size"),
+    "consistency": ("path", "img_shape", "image_size"),
+    "latent-consistency": ("path", "prompt", "guidance_scale", "img_shape", "image_size"),
+}
 
 
 def build_prior(spec: Mapping[str, Any], root: Path | str | None = None) -> Prior:
@@ -43,13 +54,23 @@ def build_prior(spec: Mapping[str, Any], root: Path | str | None = None) -> Prio
 
     Keys whose value is ``None`` are dropped first (a config model dumps unset fields as ``None``).
     """
-    require(isinstance(spec, Mapping), f"prior spec must be a mapping like {{kind: gmm, file: prior.npz}}, got {spec!r}")
-    kind = spec.get("kind")
-    require(kind in _LOADERS, f"unknown prior kind {kind!r}; choose one of {', '.join(PRIOR_KINDS)}")
+    kind = check_prior_spec(spec)
     module_name, function_name = _LOADERS[kind].split(":")
     loader: Callable[[dict[str, Any], Path | None], Prior] = getattr(importlib.import_module(module_name), function_name)
     cleaned = {key: value for key, value in spec.items() if value is not None}
     return loader(cleaned, None if root is None else Path(root))
+
+
+def check_prior_spec(spec: Any) -> str:
+    """The kind of ``spec``; UQError for a non-mapping, an unknown kind or a key the kind does not take.
+
+    Cheap: imports no loader and reads no file. Keys whose value is ``None`` are ignored, as in :func:`build_prior`.
+    """
+    require(isinstance(spec, Mapping), f"prior spec must be a mapping like {{kind: gmm, file: prior.npz}}, got {spec!r}")
+    kind = spec.get("kind")
+    require(isinstance(kind, str) and kind in _LOADERS, f"unknown prior kind {kind!r}; choose one of {', '.join(PRIOR_KINDS)}")
+    check_keys({key: value for key, value in spec.items() if value is not None}, PRIOR_KEYS[kind])
+    return kind
 
 
 def check_keys(spec: Mapping[str, Any], allowed: Iterable[str]) -> None:

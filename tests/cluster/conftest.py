@@ -2,7 +2,7 @@
 
 Ray's files (sessions, sockets, ``ray_current_cluster``) go to a short folder under ``/tmp``
 (socket paths must stay under ~100 characters) and its auth token comes from
-``RAY_AUTH_TOKEN``, so nothing is written to ``~/.ray`` or ``/tmp/ray``.
+``RAY_AUTH_TOKEN`` (set once per session by tests/conftest.py), so nothing is written to ``~/.ray`` or ``/tmp/ray``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,13 +47,12 @@ def write_campaign(folder: Path, *, store: str = "run.zarr", burn_in: int = 300,
 
 @pytest.fixture(scope="module")
 def ray_files() -> Iterator[str]:
-    """A short temporary folder for Ray's files, with ``RAY_TMPDIR``/``UQC_RAY_TMPDIR``/``RAY_AUTH_TOKEN`` set."""
+    """A short temporary folder for Ray's files, with ``RAY_TMPDIR``/``UQC_RAY_TMPDIR`` set (the token is session-wide)."""
     folder = tempfile.mkdtemp(prefix="uqr", dir="/tmp")
     os.makedirs(os.path.join(folder, "ray"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", folder)
         mp.setenv("UQC_RAY_TMPDIR", folder)
-        mp.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.delenv("RAY_ADDRESS", raising=False)
         yield folder

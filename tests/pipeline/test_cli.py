@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +133,67 @@ def test_console_script_error_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
 
 
+@pytest.mark.parametrize(
+    ("section", "spec", "bad_key", "expected"),
+    [
+        ("operator", {"kind": "inpaint", "fracton": 0.5}, "fracton", "unknown key 'fracton' in the inpaint operator spec"),
+        ("operator", {"seed": 0, "kind": "inpaint-x"}, "kind", "unknown operator kind 'inpaint-x'"),
+        ("prior", {"kind": "gaussian", "shape": [1, 8, 8], "mean": 0.5, "varience": 0.04}, "varience", "unknown key 'varience' in the gaussian prior spec"),
+    ],
+)
+def test_bad_component_spec_names_file_and_line(write_campaign, section: str, spec: dict, bad_key: str, expected: str) -> None:
+    path = write_campaign(**{section: spec})
+    lines = path.read_text().splitlines()
+    start = lines.index(f"{section}:")
+    line = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {bad_key}:")) + 1
+    assert _one_line_error(["run", str(path)]).startswith(f"error: {path}:{line}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "CAMPAIGN", "--workers", "0"], "Invalid value for '--workers'"),
+        (["run", "CAMPAIGN", "--gpus-per-worker", "-1"], "Invalid value for '--gpus-per-worker'"),
+        (["train-prior", "diffusion", "--out", "OUT", "--steps", "0"], "Invalid value for '--steps'"),
+        (["run"], "Missing argument 'campaign'"),
+        (["run", "CAMPAIGN", "--wrkers", "2"], "No such option: --wrkers"),
+        (["runn", "CAMPAIGN"], "No such command 'runn'"),
+    ],
+)
+def test_usage_errors_are_one_line(write_campaign, tmp_path: Path, args: list[str], expected: str) -> None:
+    args = [{"CAMPAIGN": str(write_campaign()), "OUT": str(tmp_path / "out")}.get(arg, arg) for arg in args]
+    line = _one_line_error(args)
+    assert line.startswith(f"error: {expected}") and "--help'" in line, line
+    assert not (tmp_path / "store.zarr").exists() and not (tmp_path / "out").exists()
+
+
+def test_no_arguments_still_print_the_help() -> None:
+    result = runner.invoke(app, [])
+    assert "Usage" in result.output and "run" in result.output and "error:" not in result.output
+
+
+def test_console_script_option_below_its_minimum_is_one_line(write_campaign) -> None:
+    uqc = Path(sys.executable).with_name("uqc")
+    proc = subprocess.run([str(uqc), "run", str(write_campaign()), "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: Invalid value for '--workers'") and "uqc run --help" in proc.stderr
+
+
+def test_local_ray_run_prints_no_auth_warning(write_campaign) -> None:
+    """`uqc run` on a new local Ray instance keeps Ray's token auth without Ray's warning about it."""
+    path = write_campaign(cluster={"address": "local", "workers": 1})
+    folder = tempfile.mkdtemp(prefix="uqr", dir="/tmp")  # Ray's socket paths must stay short
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env.update(UQC_RAY_TMPDIR=folder, RAY_TMPDIR=folder, RAY_AUTH_TOKEN=uuid.uuid4().hex, RAY_USAGE_STATS_ENABLED="0")
+    uqc = Path(sys.executable).with_name("uqc")
+    try:
+        proc = subprocess.run([str(uqc), "run", str(path), "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 0 and "store:" in proc.stdout, proc.stderr
+    assert "Token authentication" not in proc.stderr, proc.stderr
+
+
 def test_run_inspect_reduce_report_maps(write_campaign, tmp_path: Path) -> None:
     path = write_campaign()
     result = runner.invoke(app, ["run", str(path), "--in-process", "--no-progress"])
@@ -164,3 +230,20 @@ def test_run_demo_on_a_tiny_campaign(tmp_path: Path) -> None:
     out = run_demo(tmp_path / "out", yaml_path=tiny, progress=False)
     assert out["store"] == str(tmp_path / "out" / "demo.zarr")
     assert out["maps"] and all(Path(p).is_file() for p in out["maps"])
+
+
+def test_train_prior_distils_an_lcm_from_the_command_line(tmp_path: Path) -> None:
+    """`uqc train-prior latent-consistency --teacher priors/digits16-ldm` passes every recipe option through."""
+    teacher = Path(__file__).resolve().parents[2] / "priors" / "digits16-ldm"
+    if not teacher.is_dir():
+        pytest.skip("priors/digits16-ldm not shipped")
+    out = tmp_path / "lcm"
+    result = runner.invoke(app, ["train-prior", "latent-consistency", "--out", str(out), "--teacher", str(teacher), "--steps", "1",
+                                 "--batch-size", "2", "--lr", "1e-4", "--seed", "3", "--checkpoint-every", "1"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["options"] == {"kind": "latent-consistency", "dataset": "digits16", "steps": 1, "batch_size": 2, "lr": 1e-4,
+                                 "seed": 3, "teacher": str(teacher)}
+    assert json.loads((out / "unet" / "config.json").read_text())["time_cond_proj_dim"] == 32
+    line = _one_line_error(["train-prior", "consistency", "--out", str(tmp_path / "cm"), "--vae-steps", "5"])
+    assert line.startswith("error: option 'vae_steps' does not apply to training a consistency prior"), line

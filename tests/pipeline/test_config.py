@@ -93,6 +93,46 @@ def test_errors_name_key_and_line(tmp_path: Path, old: str, new: str, expected: 
     assert expected in message, message
 
 
+OPERATOR = "operator: {kind: inpaint, fraction: 0.5}"
+PRIOR = "prior: {kind: gmm, file: ../priors/p.npz}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "expected"),
+    [
+        (OPERATOR, "operator: {kind: inpaint, fracton: 0.5}", 6, "unknown key 'fracton' in the inpaint operator spec; allowed keys: fraction, seed, mask"),
+        (OPERATOR, "operator:\n  fraction: 0.5\n  kind: inpaint-x", 8, "unknown operator kind 'inpaint-x'; choose one of denoise"),
+        (OPERATOR, "operator:\n  kind: inpaint\n  fraction: 1.5", 8, "operator inpaint: fraction=1.5 must be <= 1.0"),
+        (OPERATOR, "operator: {kind: blur, sigma: 1.0, size: 4}", 6, "operator blur: size=4 must be odd"),
+        (OPERATOR, "operator: {kind: matrix}", 6, "operator matrix: missing key 'file'"),
+        (PRIOR, "prior: {kind: gmm, fiel: p.npz}", 8, "unknown key 'fiel' in the gmm prior spec; allowed keys: kind, file"),
+        (PRIOR, "prior:\n  file: p.npz\n  kind: gmn", 10, "unknown prior kind 'gmn'; choose one of gaussian, gmm"),
+        (PRIOR, "prior: {kind: latent-consistency, path: nowhere, promt: a digit}", 8, "unknown key 'promt' in the latent-consistency prior spec"),
+    ],
+)
+def test_component_spec_errors_start_with_file_and_line(tmp_path: Path, old: str, new: str, line: int, expected: str) -> None:
+    assert old in GOOD
+    message = _load_text(tmp_path, GOOD.replace(old, new))
+    assert message.startswith(f"{tmp_path / 'c.yaml'}:{line}: {expected}"), message
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (OPERATOR, "operator: {kind: superres, factor: 3}"),  # may divide the real image size
+        (OPERATOR, "operator: {kind: blur, sigma: 2.0, size: 31}"),  # may fit the real image
+        (OPERATOR, "operator: {kind: inpaint, fraction: 0.001}"),  # may keep a pixel of a larger image
+        (OPERATOR, "operator: {kind: inpaint, mask: masks/m.npy}"),  # files are read by the run
+        (OPERATOR, "operator: {kind: matrix, file: A.npy}"),
+        (PRIOR, "prior: {kind: latent-consistency, path: no/such/folder, prompt: a digit}"),  # no network is loaded
+    ],
+)
+def test_load_time_checks_need_no_image_shape_and_read_no_file(tmp_path: Path, old: str, new: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD.replace(old, new))
+    load_campaign(path)  # the run reports these, once it knows the image and reads the files
+
+
 def test_invalid_yaml_reports_line(tmp_path: Path) -> None:
     message = _load_text(tmp_path, GOOD.replace("chains: 8", "chains: [8"))
     assert "c.yaml:" in message and "invalid YAML" in message
