@@ -1,4 +1,4 @@
-"""Learned priors: LATINO with ``priors/digits16-lcm`` on held-out digits, and network-call throughput.
+"""Learned priors: LATINO with ``priors/digits16-lcm`` (and its teacher) on held-out digits, and network-call throughput.
 
 ``python benchmarks/bench_learned.py [--quick]`` prints the Markdown section;
 ``benchmarks/run.py`` calls :func:`section`.
@@ -40,6 +40,7 @@ from uqcampaign.kernels.training.datasets import held_out_measurements
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("inpaint", "deblur", "superres")
+TEACHER = "../priors/digits16-ldm"  # relative to examples/, like the examples' prior path
 LEVEL = 0.9
 DIFFUSION_CHAINS = 64
 
@@ -154,8 +155,10 @@ def section(quick: bool = False) -> str:
     thread_counts = tuple(sorted({1, default_threads}))
     prior_spec = _example(EXAMPLES[0])["prior"]
     prior = _lcm_prior(prior_spec)
+    teacher = _lcm_prior({**prior_spec, "path": TEACHER})
     with torch_threads(1):
-        rows = [quality(name, prior, n_digits, n_chains, n_draws) for name in EXAMPLES]
+        rows = [{**quality(name, model, n_digits, n_chains, n_draws), "prior": label}
+                for name in EXAMPLES for label, model in (("LCM", prior), ("teacher", teacher))]
     speed = {th: draws_per_second(EXAMPLES[0], prior, n_chains, speed_draws, th) for th in thread_counts}
     networks = network_rows(prior, n_calls, thread_counts)
     s = rows[0]["sampler"]
@@ -163,7 +166,8 @@ def section(quick: bool = False) -> str:
         "## Learned priors (`benchmarks/bench_learned.py`)\n",
         f"`python benchmarks/bench_learned.py`{' --quick (smoke run: figures not meaningful)' if quick else ''}: "
         f"LATINO ({s['steps']} steps, δ = {s['delta']:g}, t = {s['t_max']} … {s['t_min']}) with the latent-consistency prior "
-        f"`priors/digits16-lcm` (prompt \"{prior_spec['prompt']}\") on the three `examples/digits-*-latino.yaml` problems "
+        f"`priors/digits16-lcm` (prompt \"{prior_spec['prompt']}\"; row *LCM*) and, for comparison, its undistilled "
+        f"teacher `priors/digits16-ldm` used through Tweedie's formula (row *teacher*) on the three `examples/digits-*-latino.yaml` problems "
         f"(operator, σ, sampler and seed read from them), on the first {n_digits} held-out digits "
         f"(scikit-learn digits 1500.., never seen in training; y from `held_out_measurements(operator, σ, {n_digits}, seed=0)`), "
         f"{n_chains} chains × {n_draws} draws per digit. PSNR (dB) / SSIM (7×7 Gaussian window) against the truth, "
@@ -173,13 +177,13 @@ def section(quick: bool = False) -> str:
         "nfe/draw = consistency-network calls per draw and chain (each step also runs the VAE encoder and decoder "
         "once, not counted). Device: CPU, float32, 1 torch thread; draws/s = chain-draws per second of the sampling "
         "loops only (one warm-up draw first). No GPU figures: no GPU in this session.\n",
-        "| problem | operator | σ | nfe/draw | PSNR mean | PSNR A⁺y | SSIM mean | SSIM A⁺y | 90% coverage | draws/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| problem | prior | operator | σ | nfe/draw | PSNR mean | PSNR A⁺y | SSIM mean | SSIM A⁺y | 90% coverage | draws/s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         op = ", ".join(f"{k}={v}" for k, v in r["operator"].items() if k != "kind")
         lines.append(
-            f"| {r['name']} | {r['operator']['kind']} ({op}) | {r['sigma']:g} | {r['nfe']} | {r['psnr_mean']:.2f} | {r['psnr_pinv']:.2f} | "
+            f"| {r['name']} | {r['prior']} | {r['operator']['kind']} ({op}) | {r['sigma']:g} | {r['nfe']} | {r['psnr_mean']:.2f} | {r['psnr_pinv']:.2f} | "
             f"{r['ssim_mean']:.3f} | {r['ssim_pinv']:.3f} | {r['coverage']:.3f} | {r['draws_per_s']:.1f} |"
         )
     lines += [

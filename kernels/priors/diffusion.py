@@ -24,7 +24,7 @@ from torch import Tensor
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
-from uqcampaign.kernels.priors.registry import check_keys
+from uqcampaign.kernels.priors.registry import PRIOR_KEYS, check_keys
 
 __all__ = [
     "DIFFUSION_PIPELINES",
@@ -95,12 +95,11 @@ class DiffusionPrior(NetworkPrior):
     def denoise(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """``E[x_0 | x_t]``: x_t `(B, C, H, W)`, t int or LongTensor `(B,)` -> `(B, C, H, W)`."""
         self._check_shape(x_t, self.img_shape)
-        param = next(self.unet.parameters())
-        x = x_t.to(device=param.device, dtype=param.dtype)
+        x = x_t.to(device=self.device)  # the network runs in its dtype, Tweedie's formula in the caller's
         steps = timesteps_for(t, x.shape[0], self.num_train_timesteps, x.device)
-        out = self.unet(x, steps).sample
+        out = self.unet(x.to(self.dtype), steps).sample.to(x.dtype)
         alpha_bar = self.alphas_cumprod.to(x.device)[steps].to(x.dtype).view(-1, 1, 1, 1)
-        return tweedie_x0(x, out, alpha_bar, self.prediction_type).to(device=x_t.device, dtype=x_t.dtype)
+        return tweedie_x0(x, out, alpha_bar, self.prediction_type).to(device=x_t.device)
 
     def consistency(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """One-step map x_t -> x_0 used by LATINO: for a diffusion prior, the Tweedie denoiser."""
@@ -139,7 +138,7 @@ def load_diffusion_prior(spec: dict[str, Any], root: Path | str | None = None) -
     ``path`` is relative to ``root`` (the campaign file's folder). The folder is a
     ``DDPMPipeline``/``DDIMPipeline`` ``save_pretrained`` folder; nothing is fetched from the hub.
     """
-    check_keys(spec, ("path", "img_shape", "image_size"))
+    check_keys(spec, PRIOR_KEYS["diffusion"])
     folder, _ = open_model_folder(spec, root, "diffusion", DIFFUSION_PIPELINES)
     unet, scheduler = _load_unet_and_scheduler(folder, "diffusion", _SCHEDULERS)
     prior = DiffusionPrior(unet, scheduler, path=str(spec["path"]))

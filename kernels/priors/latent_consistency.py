@@ -31,7 +31,7 @@ from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.diffusion import timesteps_for, tweedie_x0
 from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
-from uqcampaign.kernels.priors.registry import check_keys
+from uqcampaign.kernels.priors.registry import PRIOR_KEYS, check_keys
 
 __all__ = ["LATENT_PIPELINES", "LatentConsistencyPrior", "load_latent_consistency_prior", "guidance_embedding"]
 
@@ -104,19 +104,19 @@ class LatentConsistencyPrior(NetworkPrior):
     def consistency(self, z_t: Tensor, t: int | Tensor) -> Tensor:
         """``G(z_t, t, c)``: ``z_t (B, *latent_shape)``, t int or ``(B,)`` -> ``z_0 (B, *latent_shape)``."""
         self._check_shape(z_t, self.latent_shape, "latents")
-        z = z_t.to(device=self.device, dtype=self.dtype)
+        z = z_t.to(device=self.device)  # the network runs in its dtype, the formulas below in the caller's
         batch = z.shape[0]
         steps = timesteps_for(t, batch, self.num_train_timesteps, z.device)
-        cond = self.condition.to(device=z.device, dtype=z.dtype).expand(batch, -1, -1)
+        cond = self.condition.to(device=z.device, dtype=self.dtype).expand(batch, -1, -1)
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
             w = torch.full((batch,), self.guidance_scale - 1.0, device=z.device)
-            timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(z.dtype)
-        out = self.unet(z, steps, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
+            timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(self.dtype)
+        out = self.unet(z.to(self.dtype), steps, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample.to(z.dtype)
         ab = self.alphas_cumprod.to(z.device)[steps].to(z.dtype).view(-1, 1, 1, 1)
         x0 = tweedie_x0(z, out, ab, self.prediction_type)
-        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(steps.to(z.dtype).view(-1, 1, 1, 1))
-        return (c_skip * z + c_out * x0).to(dtype=z_t.dtype)
+        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(steps.to(torch.float64).view(-1, 1, 1, 1))
+        return (c_skip.to(z.dtype) * z + c_out.to(z.dtype) * x0).to(device=z_t.device)
 
     def denoise(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """Not defined in pixel space for a latent prior: ULA/DPS need a pixel prior."""
@@ -146,7 +146,7 @@ def load_latent_consistency_prior(spec: dict[str, Any], root: Path | str | None 
     ``prompt`` defaults to ``"a handwritten digit"``; the text encoder runs once here and is then dropped.
     """
     kind = "latent-consistency"
-    check_keys(spec, ("path", "prompt", "guidance_scale", "img_shape", "image_size"))
+    check_keys(spec, PRIOR_KEYS[kind])
     prompt = spec.get("prompt", _DEFAULT_PROMPT)
     require(isinstance(prompt, str), f"prior {kind!r}: prompt must be a string, got {prompt!r}")
     guidance = spec.get("guidance_scale", 1.0)

@@ -25,9 +25,16 @@ from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.training.datasets import get_dataset
 from uqcampaign.kernels.training.loop import Stage
 
-__all__ = ["consistency_stages", "teacher_ladder"]
+__all__ = ["consistency_stages", "teacher_ladder", "update_target"]
 
 _TARGET_DECAY = 0.95
+
+
+def update_target(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+    """The stop-gradient target of consistency training, ``θ⁻ ← μ θ⁻ + (1 − μ) θ`` (in place)."""
+    with torch.no_grad():
+        for p_target, p in zip(target.parameters(), online.parameters()):
+            p_target.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
 
 def teacher_ladder(n: int, num_train_timesteps: int = 1000) -> torch.Tensor:
@@ -59,10 +66,8 @@ def consistency_stages(dataset_name: str, steps: int, batch_size: int, lr: float
                                                sigma_max=float(sigmas[-1]), sigma_data=sigma_data)
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
-        if step > 0:  # θ⁻ ← μ θ⁻ + (1 − μ) θ with the weights the previous step produced
-            with torch.no_grad():
-                for p_target, p in zip(target.parameters(), student.parameters()):
-                    p_target.mul_(_TARGET_DECAY).add_(p.detach(), alpha=1.0 - _TARGET_DECAY)
+        if step > 0:
+            update_target(target, student, _TARGET_DECAY)
         x0, _ = data.sample(batch_size, generator)
         n = torch.randint(0, len(ladder) - 1, (batch_size,), generator=generator)
         z = torch.randn(x0.shape, generator=generator)

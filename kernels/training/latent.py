@@ -24,7 +24,7 @@ from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.training.datasets import DIGIT_NAMES, get_dataset, digits16
 from uqcampaign.kernels.training.loop import Stage
 
-__all__ = ["latent_consistency_stages", "prompt_for", "GENERIC_PROMPT"]
+__all__ = ["latent_consistency_stages", "prompt_for", "GENERIC_PROMPT", "latent_scale", "encode_training_set"]
 
 GENERIC_PROMPT = "a handwritten digit"
 _KL_WEIGHT = 1e-5
@@ -34,6 +34,31 @@ _GENERIC_FRACTION = 0.2
 def prompt_for(label: int) -> str:
     """The training prompt of a digit class: ``"a handwritten digit seven"``."""
     return f"{GENERIC_PROMPT} {DIGIT_NAMES[int(label)]}"
+
+
+def _training_images(device: torch.device) -> torch.Tensor:
+    """The digits16 training images in the VAE's range ``[-1, 1]``, ``(N, 1, 16, 16)`` on ``device``."""
+    images, _ = digits16("train")
+    return (2.0 * images - 1.0).to(device)
+
+
+def latent_scale(vae: Any, device: torch.device) -> float:
+    """Stable Diffusion's ``scaling_factor``: 1 / std of the VAE's posterior means over the training images."""
+    with torch.no_grad():
+        vae.eval()
+        return float(1.0 / vae.encode(_training_images(device)).latent_dist.mean.std())
+
+
+def encode_training_set(vae: Any, tokenizer: Any, text_encoder: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(latents (N, C_z, h, w), embeddings (11, L, D))``: scaled latents of the training images, and the
+    prompt embeddings of the ten classes (index = label) then of the generic prompt (index 10)."""
+    with torch.no_grad():
+        vae.eval()
+        latents = vae.encode(_training_images(device)).latent_dist.mean * vae.config.scaling_factor
+        prompts = [prompt_for(k) for k in range(10)] + [GENERIC_PROMPT]
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        return latents, text_encoder(ids).last_hidden_state
 
 
 def latent_consistency_stages(dataset_name: str, steps: int, batch_size: int, lr: float, device: torch.device,
@@ -74,17 +99,8 @@ def latent_consistency_stages(dataset_name: str, steps: int, batch_size: int, lr
         """Latents of every training image and the 11 prompt embeddings (the VAE is final by now)."""
         if cache:
             return
-        images, _ = digits16("train")
-        with torch.no_grad():
-            vae.eval()
-            means = vae.encode((2.0 * images - 1.0).to(device)).latent_dist.mean
-            scale = float(1.0 / means.std())
-            vae.register_to_config(scaling_factor=scale)
-            cache["latents"] = means * scale
-            prompts = [prompt_for(k) for k in range(10)] + [GENERIC_PROMPT]
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(device)
-            cache["embeddings"] = text_encoder(ids).last_hidden_state  # (11, L, D)
+        vae.register_to_config(scaling_factor=latent_scale(vae, device))
+        cache["latents"], cache["embeddings"] = encode_training_set(vae, tokenizer, text_encoder, device)
 
     def unet_loss(generator: torch.Generator, step: int) -> torch.Tensor:
         prepare()

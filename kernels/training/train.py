@@ -5,7 +5,9 @@ kind                   dataset (default)           folder written (``save_pretra
 =====================  ==========================  =============================================
 ``diffusion``          ``digits16`` or ``gmm8``    ``DDPMPipeline``: ``UNet2DModel`` + ``DDPMScheduler``
 ``consistency``        as its ``teacher``          ``ConsistencyModelPipeline`` (distilled from ``teacher``)
-``latent-consistency`` ``digits16``                ``LatentConsistencyModelPipeline``
+``latent-consistency`` ``digits16``                ``LatentConsistencyModelPipeline``: without ``teacher``
+                                                   a VAE + latent ε-model; with ``teacher`` (such a folder)
+                                                   an LCM distilled from it (guidance embedding)
 =====================  ==========================  =============================================
 """
 
@@ -26,6 +28,9 @@ from uqcampaign.kernels.training.loop import CHECKPOINT_DIR, Stage, run_stages
 __all__ = ["TRAINABLE_KINDS", "train_prior", "diffusion_stages"]
 
 TRAINABLE_KINDS = ("diffusion", "consistency", "latent-consistency")
+# Recipe options by kind ("lcm-distill": latent-consistency with a teacher).
+_OPTIONS = {"diffusion": (), "consistency": ("teacher", "grid"), "latent-consistency": ("vae_steps",),
+            "lcm-distill": ("teacher", "ddim_steps", "w_min", "w_max")}
 _DEFAULT_STEPS = {"diffusion": 3000, "consistency": 1000, "latent-consistency": 3000}
 
 
@@ -77,7 +82,8 @@ def train_prior(kind: str, out: str | Path, *, dataset: str = "digits16", steps:
     continues from ``out/checkpoint/`` (same options required); ``force`` overwrites a non-empty
     ``out``. The final folder holds the model, ``training.json`` (options, loss log, seconds) and,
     unless ``keep_checkpoint=False``, the checkpoint. ``options`` go to the kind's recipe
-    (latent-consistency: ``vae_steps``; consistency: ``teacher`` folder, ``grid``). Returns ``out``.
+    (latent-consistency: ``vae_steps``, or ``teacher`` (a latent ε-model folder) with ``ddim_steps``,
+    ``w_min``, ``w_max`` to distil an LCM; consistency: ``teacher`` folder, ``grid``). Returns ``out``.
     """
     require(kind in TRAINABLE_KINDS, f"cannot train prior kind {kind!r}; trainable kinds: {', '.join(TRAINABLE_KINDS)}")
     steps = _DEFAULT_STEPS[kind] if steps is None else int(steps)
@@ -89,16 +95,25 @@ def train_prior(kind: str, out: str | Path, *, dataset: str = "digits16", steps:
         dev = None
     require(dev is not None and (dev.type != "cuda" or torch.cuda.is_available()),
             f"device {device!r} is not available here; use 'cpu'" + (" (no CUDA)" if dev is not None and dev.type == "cuda" else ""))
+    options = {key: value for key, value in options.items() if value is not None}
+    recipe = "lcm-distill" if kind == "latent-consistency" and "teacher" in options else kind
+    for key in options:
+        require(key in _OPTIONS[recipe], f"option {key!r} does not apply to training a {kind} prior"
+                + (" from a teacher" if recipe == "lcm-distill" else "") + f"; its options: {', '.join(_OPTIONS[recipe]) or 'none'}")
     out = Path(out)
     _prepare_out(out, resume, force)
     torch.manual_seed(seed)  # network initialisation only; batches use their own generators
     meta = {"kind": kind, "dataset": dataset, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, **options}
-    if kind == "diffusion":
+    if recipe == "diffusion":
         stages, pipeline = diffusion_stages(dataset, steps, batch_size, lr, dev)
-    elif kind == "consistency":
+    elif recipe == "consistency":
         from uqcampaign.kernels.training.consistency import consistency_stages
 
         stages, pipeline = consistency_stages(dataset, steps, batch_size, lr, dev, **options)
+    elif recipe == "lcm-distill":
+        from uqcampaign.kernels.training.latent_distill import latent_distillation_stages
+
+        stages, pipeline = latent_distillation_stages(dataset, steps, batch_size, lr, dev, **options)
     else:
         from uqcampaign.kernels.training.latent import latent_consistency_stages
 

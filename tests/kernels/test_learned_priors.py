@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.kernels.priors.registry import build_prior
@@ -234,7 +235,8 @@ def test_latent_consistency_reload_and_interface(lcm_dir: Path) -> None:
 # ---------------------------------------------------------------------------- shipped priors
 
 
-@pytest.mark.parametrize("name, kind", [("gmm8-diffusion", "diffusion"), ("digits16-lcm", "latent-consistency"), ("gmm8-cm", "consistency")])
+@pytest.mark.parametrize("name, kind", [("gmm8-diffusion", "diffusion"), ("digits16-ldm", "latent-consistency"), ("digits16-lcm", "latent-consistency"),
+                                        ("gmm8-cm", "consistency")])
 def test_shipped_prior_loads_offline_and_is_small(name: str, kind: str) -> None:
     folder = REPO / "priors" / name
     if not folder.is_dir():
@@ -353,27 +355,70 @@ def test_ula_and_dps_with_learned_prior_match_the_exact_denoiser(gmm8_pair) -> N
             assert sw_exact < 1.5 and sw_learned < 2.0 and 0.85 < mass_learned < 0.95, figures
 
 
-def test_latino_with_shipped_latent_consistency_prior_beats_pinv() -> None:
-    """LATINO, 8 consistency calls per draw, on two held-out digits (inpainting, σ = 0.05).
+def test_latino_with_shipped_latent_consistency_prior_beats_pinv_and_spreads() -> None:
+    """LATINO with the inpainting example's settings (8 consistency calls per draw, δ = 0.01, t = 999 … 124)
+    on two held-out digits, 16 chains × 4 draws each.
 
-    Measured on 8 held-out digits × 32 chains: PSNR of the posterior mean 27.8 dB vs 10.1 dB for
-    pinv (SSIM 0.969 vs 0.374); 90% interval pixel coverage 0.25 (LATINO is under-dispersed).
+    Measured on validation digits (benchmarks/sweep_latino_digits.py, 8 digits × 64 draws): PSNR of the
+    posterior mean ≈ 24 dB vs 10 dB for pinv; 90% interval pixel coverage ≈ 0.69 at δ = 0.01 against
+    0.43 at δ = 0.1 (which fails the coverage check); the undistilled teacher ``priors/digits16-ldm``
+    reaches 0.66 at δ = 0.01.
     """
-    from uqcampaign.kernels.metrics import psnr
+    from uqcampaign.kernels.metrics import equal_tailed_interval, psnr
     from uqcampaign.kernels.operators import build_operator
-    from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
+    from uqcampaign.kernels.samplers.registry import build_sampler
     from uqcampaign.kernels.training.datasets import held_out_measurements
 
     if not (REPO / "priors" / "digits16-lcm").is_dir():
         pytest.skip("priors/digits16-lcm not shipped")
-    prior = build_prior({"kind": "latent-consistency", "path": "priors/digits16-lcm", "prompt": "a handwritten digit"}, REPO)
-    operator = build_operator({"kind": "inpaint", "fraction": 0.5, "seed": 0}, (1, 16, 16))
+    example = yaml.safe_load((REPO / "examples" / "digits-inpaint-latino.yaml").read_text())
+    prior = build_prior(example["prior"], REPO / "examples")
+    operator = build_operator(example["operator"], (1, 16, 16))
     x, y, _ = held_out_measurements(operator, 0.05, 2)
-    sampler = LatinoSampler(LatinoConfig(steps=8, delta=1.0))
+    sampler = build_sampler(example["sampler"])
+    coverage = []
     for m in range(2):
         with torch.no_grad():
-            (draw,) = list(sampler.run(y[m], operator, prior, 0.05, 16, 1, torch.Generator().manual_seed(m)))
-        assert draw.nfe == 8 and draw.x.shape == (16, 1, 16, 16)
-        mean_psnr = float(psnr(draw.x.mean(0, keepdim=True).clamp(0, 1), x[m : m + 1]))
+            draws = list(sampler.run(y[m], operator, prior, 0.05, 16, 4, torch.Generator().manual_seed(m)))
+        assert all(d.nfe == 8 for d in draws) and draws[0].x.shape == (16, 1, 16, 16)
+        samples = torch.cat([d.x for d in draws])  # (64, 1, 16, 16)
+        mean_psnr = float(psnr(samples.mean(0, keepdim=True).clamp(0, 1), x[m : m + 1]))
         pinv_psnr = float(psnr(operator.pinv(y[m : m + 1]).clamp(0, 1), x[m : m + 1]))
         assert mean_psnr > pinv_psnr + 10.0, f"digit {m}: posterior mean {mean_psnr:.1f} dB vs pinv {pinv_psnr:.1f} dB"
+        lower, upper = equal_tailed_interval(samples, 0.9)
+        coverage.append(float(((x[m] >= lower) & (x[m] <= upper)).double().mean()))
+    assert sum(coverage) / 2 > 0.55, f"90% interval pixel coverage {coverage}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_lcm_changes_no_latino_figure(dtype: torch.dtype) -> None:
+    """The LCM networks in half precision (chains, Tweedie/LCM formulas and prox stay float32) give LATINO
+    the same PSNR and 90% coverage as float32, on two held-out digits with the inpainting example's settings.
+
+    Measured on 4 digits × 128 draws: float32 25.558 dB / 0.750, bfloat16 25.591 / 0.759, float16 25.556 /
+    0.751. Before the LCM boundary scalings were computed in float64, float16 gave 12.8 dB / 0.0
+    ((10 t)² overflows float16), which this test catches.
+    """
+    from uqcampaign.kernels.metrics import equal_tailed_interval, psnr
+    from uqcampaign.kernels.operators import build_operator
+    from uqcampaign.kernels.samplers.registry import build_sampler
+    from uqcampaign.kernels.training.datasets import held_out_measurements
+
+    if not (REPO / "priors" / "digits16-lcm").is_dir():
+        pytest.skip("priors/digits16-lcm not shipped")
+    example = yaml.safe_load((REPO / "examples" / "digits-inpaint-latino.yaml").read_text())
+    prior = build_prior(example["prior"], REPO / "examples")
+    operator, sampler = build_operator(example["operator"], (1, 16, 16)), build_sampler(example["sampler"])
+    x, y, _ = held_out_measurements(operator, 0.05, 2)
+    figures = {}
+    for model in (prior, prior.to(dtype=dtype)):
+        scores = []
+        for m in range(2):
+            with torch.no_grad():
+                samples = torch.cat([d.x for d in sampler.run(y[m], operator, model, 0.05, 16, 2, torch.Generator().manual_seed(m))])
+            assert samples.dtype == torch.float32
+            lower, upper = equal_tailed_interval(samples, 0.9)
+            scores.append([float(psnr(samples.mean(0, keepdim=True), x[m : m + 1])), float(((x[m] >= lower) & (x[m] <= upper)).double().mean())])
+        figures[model.dtype] = torch.tensor(scores).mean(0).tolist()
+    (psnr32, cov32), (psnr_half, cov_half) = figures[torch.float32], figures[dtype]
+    assert abs(psnr_half - psnr32) < 0.1 and abs(cov_half - cov32) < 0.03, figures

@@ -72,3 +72,40 @@ def test_bad_training_requests_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(UQError, match=match) as info:
             train_prior(args.pop("kind"), args.pop("out"), **args)
         assert "\n" not in str(info.value)
+
+
+LDM = Path(__file__).resolve().parents[2] / "priors" / "digits16-ldm"
+
+
+@pytest.mark.skipif(not LDM.is_dir(), reason="priors/digits16-ldm not shipped")
+def test_latent_consistency_distillation_writes_a_guided_lcm(tmp_path: Path) -> None:
+    """Two distillation steps from the shipped latent ε-model: the student is the teacher's UNet plus a
+    guidance embedding, it moved away from the teacher, and the folder loads as a latent-consistency prior."""
+    out = train_prior("latent-consistency", tmp_path / "lcm", dataset="digits16", teacher=str(LDM), steps=2,
+                      batch_size=4, lr=1e-3, checkpoint_every=1, progress=False)
+    student = build_prior({"kind": "latent-consistency", "path": str(out)})
+    teacher = build_prior({"kind": "latent-consistency", "path": str(LDM)})
+    assert student.unet.config.time_cond_proj_dim == 32 and teacher.unet.config.time_cond_proj_dim is None
+    s, t = student.unet.state_dict(), teacher.unet.state_dict()
+    assert set(s) - set(t) == {"time_embedding.cond_proj.weight"}
+    assert any(not torch.equal(s[k], t[k]) for k in t)
+    vae_s, vae_t = student.vae.state_dict(), teacher.vae.state_dict()
+    assert all(torch.equal(vae_s[k], vae_t[k]) for k in vae_t)  # the codec is the teacher's, frozen
+    z = torch.randn(3, *student.latent_shape, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(student.consistency(z, 999)).all()
+    assert json.loads((out / "training.json").read_text())["options"]["teacher"] == str(LDM)
+
+    for kwargs, match in [({"teacher": str(out)}, "plain ε-prediction"), ({"teacher": str(tmp_path / "none")}, "none"),
+                          ({"teacher": str(LDM), "dataset": "gmm8"}, "digits16")]:
+        with pytest.raises(UQError, match=match) as info:
+            train_prior("latent-consistency", tmp_path / "bad", steps=1, progress=False, **{"dataset": "digits16", **kwargs})
+        assert "\n" not in str(info.value)
+
+
+def test_options_of_another_recipe_are_refused(tmp_path: Path) -> None:
+    for kind, options, match in [("diffusion", {"teacher": "x"}, "its options: none"),
+                                 ("consistency", {"vae_steps": 3}, "teacher, grid"),
+                                 ("latent-consistency", {"teacher": "x", "vae_steps": 3}, "from a teacher")]:
+        with pytest.raises(UQError, match=match) as info:
+            train_prior(kind, tmp_path / "x", steps=1, progress=False, **options)
+        assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
