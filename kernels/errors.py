@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UQError", "require"]
+__all__ = ["UQError", "SpecFitError", "require", "require_fit"]
 
 
 class UQError(ValueError):
@@ -17,3 +17,15 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`UQError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UQError(message)
+
+
+class SpecFitError(UQError):
+    """A spec that is valid in itself but does not fit what it is applied to: the image shape, or a
+    file it names (missing, unreadable, wrong shape). Known only once the run has both; the campaign
+    loader, which checks specs without them, lets these through."""
+
+
+def require_fit(condition: bool, message: str) -> None:
+    """Raise :class:`SpecFitError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise SpecFitError(message)

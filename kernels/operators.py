@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from uqcampaign.kernels.errors import UQError, require
+from uqcampaign.kernels.errors import SpecFitError, UQError, require, require_fit
 
 __all__ = [
     "OPERATOR_KINDS",
@@ -323,7 +323,7 @@ class Inpainting(DiagonalOperator):
         fraction = _param(spec, "fraction", 0.5, "inpaint", minimum=0.0, exclusive=True, maximum=1.0)
         seed = _param(spec, "seed", 0, "inpaint", integer=True, minimum=0)
         n_keep = round(fraction * h * w)
-        require(
+        require_fit(
             n_keep > 0,
             f"operator inpaint: fraction={fraction} keeps no pixel of a {h}x{w} image; raise it above {0.5 / (h * w):.2g}",
         )
@@ -404,7 +404,7 @@ class Blur(FourierDiagonalOperator):
             size % 2 == 1,
             f"operator blur: size={size} must be odd so the kernel has a centre pixel; use {size + 1}",
         )
-        require(
+        require_fit(
             size <= min(img_shape[1:]),
             f"operator blur: size={size} exceeds the image size {img_shape[1:]}; use a kernel of at most {min(img_shape[1:])} pixels",
         )
@@ -488,7 +488,7 @@ class SuperResolution(LinearOperator):
 
     def __init__(self, factor: int, img_shape: ImgShape, spec: Mapping[str, Any] | None = None) -> None:
         c, h, w = img_shape
-        require(
+        require_fit(
             h % factor == 0 and w % factor == 0,
             f"operator superres: factor={factor} does not divide the image size {(h, w)}; pick a factor dividing both",
         )
@@ -533,7 +533,7 @@ class DenseOperator(LinearOperator):
 
     def __init__(self, mat: Tensor, img_shape: ImgShape, spec: Mapping[str, Any] | None = None) -> None:
         n = math.prod(img_shape)
-        require(
+        require_fit(
             mat.ndim == 2 and mat.shape[1] == n,
             f"operator {self.kind}: matrix has shape {tuple(mat.shape)} but images {tuple(img_shape)} need (m, {n}); fix the file or the image shape",
         )
@@ -651,25 +651,25 @@ def _load_array(path: Any, root: Path | None, kind: str, key: str) -> np.ndarray
     resolved = Path(path)
     if not resolved.is_absolute() and root is not None:
         resolved = root / resolved
-    require(
+    require_fit(
         resolved.is_file(),
         f"operator {kind}: {key} file not found: {resolved}; check the path (relative paths start at the campaign file's folder)",
     )
     try:
         arr = np.load(resolved, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise UQError(f"operator {kind}: cannot read the {key} file {resolved} as a .npy array ({err})") from None
-    require(
+        raise SpecFitError(f"operator {kind}: cannot read the {key} file {resolved} as a .npy array ({err})") from None
+    require_fit(
         isinstance(arr, np.ndarray),
         f"operator {kind}: the {key} file {resolved} is not a single .npy array; save it with numpy.save",
     )
-    require(
+    require_fit(
         np.issubdtype(arr.dtype, np.number) or arr.dtype == bool,
         f"operator {kind}: {key} file {resolved} holds {arr.dtype}, not numbers",
     )
     arr = arr.astype(np.float64)
     bad = int((~np.isfinite(arr)).sum())
-    require(bad == 0, f"operator {kind}: {key} file {resolved} has {bad} NaN/Inf entries; fix the file")
+    require_fit(bad == 0, f"operator {kind}: {key} file {resolved} has {bad} NaN/Inf entries; fix the file")
     return arr
 
 
@@ -685,10 +685,10 @@ def _file_mask(spec: Mapping[str, Any], img_shape: ImgShape, root: Path | None, 
     )
     c, h, w = img_shape
     mask = _load_array(spec["mask"], root, kind, "mask")
-    require(
+    require_fit(
         mask.shape in [(c, h, w), (h, w)],
         f"operator {kind}: mask has shape {mask.shape}, expected one of {[(c, h, w), (h, w)]}; fix the mask file",
     )
     bad = int(((mask != 0) & (mask != 1)).sum())
-    require(bad == 0, f"operator {kind}: mask has {bad} entries that are not 0 or 1; save a 0/1 mask")
+    require_fit(bad == 0, f"operator {kind}: mask has {bad} entries that are not 0 or 1; save a 0/1 mask")
     return torch.from_numpy(mask).reshape(-1, h, w)

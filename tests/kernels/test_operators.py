@@ -334,3 +334,18 @@ def test_describe_needs_a_spec():
     op = Blur(torch.ones(3, 3) / 9, (1, 8, 8))
     with pytest.raises(UQError, match="built from tensors, not a spec"):
         op.describe()
+
+
+def test_errors_that_depend_on_the_image_or_a_file_are_spec_fit_errors(tmp_path):
+    """The campaign loader checks specs without the image shape or the files: it relies on this split."""
+    from uqcampaign.kernels.errors import SpecFitError
+
+    for spec, shape in [({"kind": "superres", "factor": 3}, (1, 16, 16)), ({"kind": "blur", "size": 31}, (1, 16, 16)),
+                        ({"kind": "inpaint", "fraction": 0.001}, (1, 8, 8)), ({"kind": "matrix", "file": str(tmp_path / "A.npy")}, (1, 4, 4)),
+                        ({"kind": "inpaint", "mask": str(tmp_path / "m.npy")}, (1, 4, 4))]:
+        with pytest.raises(SpecFitError):
+            build_operator(spec, shape)
+    for spec in [{"kind": "blur", "size": 4}, {"kind": "inpaint", "fraction": 1.5}, {"kind": "matrix"}, {"kind": "inpaint", "fracton": 0.5}]:
+        with pytest.raises(UQError) as info:
+            build_operator(spec, (1, 16, 16))
+        assert not isinstance(info.value, SpecFitError), spec
