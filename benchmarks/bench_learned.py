@@ -21,7 +21,7 @@ Everything runs on the CPU in float32 (the campaign dtype).
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,13 +202,5 @@ def section(quick: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    args = parser.parse_args(argv)
-    print(section(quick=args.quick))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    print(section(quick="--quick" in sys.argv))

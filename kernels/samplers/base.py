@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import asdict
 from typing import Any, Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -18,6 +19,7 @@ from uqcampaign.kernels.errors import UQError, require
 __all__ = [
     "Draw",
     "Sampler",
+    "ConfiguredSampler",
     "check_run_inputs",
     "chains_measurement",
     "likelihood_grad",
@@ -52,6 +54,17 @@ class Sampler(Protocol):
     def nfe_per_draw(self) -> float: ...
 
     def describe(self) -> dict: ...
+
+
+class ConfiguredSampler:
+    """Base of the samplers: a frozen dataclass holding ``config`` (a dataclass) and ``kind``."""
+
+    config: Any
+    kind: str
+
+    def describe(self) -> dict:
+        """``{"kind": ..., **config}``: JSON-able, rebuilds the sampler with ``build_sampler``."""
+        return {"kind": self.kind, **asdict(self.config)}
 
 
 def check_run_inputs(y: torch.Tensor, operator: Any, sigma: float, n_chains: int, n_draws: int) -> None:

@@ -20,13 +20,13 @@ the reference code takes the norm of the whole batch, the same for batch size 1)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 import torch
 
 from uqcampaign.kernels.errors import require
-from uqcampaign.kernels.samplers.base import Draw, chains_measurement, check_run_inputs, require_pixel_prior
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs, require_pixel_prior
 
 __all__ = ["DPSConfig", "DPSSchedule", "DPSState", "DPSInfo", "respaced_schedule", "init", "step", "DPSSampler"]
 
@@ -126,7 +126,7 @@ def step(
 
 
 @dataclass(frozen=True)
-class DPSSampler:
+class DPSSampler(ConfiguredSampler):
     """DPS over a batch of independent chains; each draw is one full reverse run."""
 
     config: DPSConfig = DPSConfig()
@@ -135,9 +135,6 @@ class DPSSampler:
     def nfe_per_draw(self) -> float:
         """Denoiser forward calls per draw (``steps``; ``1000`` for the default full schedule)."""
         return float(self.config.steps if self.config.steps is not None else 1000)
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, **asdict(self.config)}
 
     def run(
         self, y: torch.Tensor, operator: Any, prior: Any, sigma: float, n_chains: int, n_draws: int, generator: torch.Generator

@@ -7,13 +7,13 @@ directly. No network calls (``nfe = 0``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.kernels.samplers.base import Draw, check_run_inputs, is_exact_prior
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, check_run_inputs, is_exact_prior
 
 __all__ = ["ExactConfig", "ExactSampler"]
 
@@ -24,7 +24,7 @@ class ExactConfig:
 
 
 @dataclass(frozen=True)
-class ExactSampler:
+class ExactSampler(ConfiguredSampler):
     """Draws i.i.d. samples of ``prior.posterior(operator, y, sigma)``; only for exact priors."""
 
     config: ExactConfig = ExactConfig()
@@ -32,9 +32,6 @@ class ExactSampler:
 
     def nfe_per_draw(self) -> float:
         return 0.0
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, **asdict(self.config)}
 
     def run(
         self, y: torch.Tensor, operator: Any, prior: Any, sigma: float, n_chains: int, n_draws: int, generator: torch.Generator

@@ -34,13 +34,13 @@ encoder and one decoder call per step, not counted).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 import torch
 
 from uqcampaign.kernels.errors import require
-from uqcampaign.kernels.samplers.base import Draw, chains_measurement, check_run_inputs
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs
 
 __all__ = ["LatinoConfig", "LatinoState", "LatinoInfo", "latino_timesteps", "init", "step", "LatinoSampler"]
 
@@ -145,7 +145,7 @@ def step(
 
 
 @dataclass(frozen=True)
-class LatinoSampler:
+class LatinoSampler(ConfiguredSampler):
     """LATINO over a batch of independent chains; each draw is one N-step run."""
 
     config: LatinoConfig = LatinoConfig()
@@ -153,9 +153,6 @@ class LatinoSampler:
 
     def nfe_per_draw(self) -> float:
         return float(self.config.steps)
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, **asdict(self.config)}
 
     def run(
         self, y: torch.Tensor, operator: Any, prior: Any, sigma: float, n_chains: int, n_draws: int, generator: torch.Generator

@@ -31,13 +31,14 @@ such problems (R̂ shows it).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 import torch
 
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.samplers.base import (
+    ConfiguredSampler,
     Draw,
     chains_measurement,
     check_run_inputs,
@@ -172,7 +173,7 @@ def step(
 
 
 @dataclass(frozen=True)
-class ULASampler:
+class ULASampler(ConfiguredSampler):
     """Projected PnP-ULA over a batch of independent chains."""
 
     config: ULAConfig = ULAConfig()
@@ -181,9 +182,6 @@ class ULASampler:
     def nfe_per_draw(self) -> float:
         """Denoiser calls per draw in the steady state (``thin``; draw 0 also pays ``burn_in``)."""
         return float(self.config.thin)
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, **asdict(self.config)}
 
     def parameters(self, operator: Any, prior: Any, sigma: float) -> ULAParameters:
         """The resolved step constants for this problem (raises on an unstable step)."""
