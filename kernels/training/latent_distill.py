@@ -45,7 +45,7 @@ def latent_distillation_stages(dataset_name: str, steps: int, batch_size: int, l
     solver ladder (skip ``k = T / ddim_steps``); ``w`` ~ U[w_min, w_max] is the guidance weight
     (``guidance_scale = 1 + w`` at sampling time).
     """
-    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from uqcampaign.kernels.priors.diffusion import tweedie_x0
@@ -58,17 +58,13 @@ def latent_distillation_stages(dataset_name: str, steps: int, batch_size: int, l
     require(isinstance(ddim_steps, int) and ddim_steps >= 2, f"ddim_steps = {ddim_steps!r} must be an integer >= 2")
     require(0.0 <= w_min <= w_max, f"guidance weights w_min = {w_min!r}, w_max = {w_max!r} must satisfy 0 <= w_min <= w_max")
     folder = Path(teacher)
-    checked = load_latent_consistency_prior({"kind": "latent-consistency", "path": str(folder)}, None)  # validates the folder
-    require(checked.prediction_type == "epsilon" and checked.unet.config.time_cond_proj_dim is None,
+    prior = load_latent_consistency_prior({"kind": "latent-consistency", "path": str(folder)}, None)  # checks the folder
+    require(prior.prediction_type == "epsilon" and prior.unet.config.time_cond_proj_dim is None,
             f"teacher {str(folder)!r} must be a plain ε-prediction latent model (no guidance embedding)")
-    load = {"local_files_only": True}
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, **load).to(device).eval().requires_grad_(False)
-    teacher_unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, **load)
-    teacher_unet = teacher_unet.to(device).eval().requires_grad_(False)
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **load)
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, **load)
+    vae, teacher_unet, scheduler = prior.vae.to(device), prior.unet.to(device), prior.scheduler  # frozen, eval mode
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, local_files_only=True)
     text_encoder = text_encoder.to(device).eval().requires_grad_(False)
-    scheduler = LCMScheduler.from_pretrained(folder, subfolder="scheduler", **load)
 
     student = UNet2DConditionModel.from_config({**teacher_unet.config, "time_cond_proj_dim": GUIDANCE_DIM})
     missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
