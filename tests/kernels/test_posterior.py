@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.problems import random_prior
 from uqcampaign.kernels.operators import DenseOperator, build_operator
 from uqcampaign.kernels.priors.gaussian_mixture import GaussianMixturePrior
 from uqcampaign.kernels.priors.posterior import GaussianMixturePosterior
@@ -24,12 +25,8 @@ def assert_close(got: torch.Tensor, expected: torch.Tensor, atol: float) -> None
 
 
 def random_gmm(k: int, shape: tuple[int, int, int], seed: int) -> GaussianMixturePrior:
-    """Weights in the simplex, means in [0.2, 0.8], stds in [0.1, 0.25]."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.rand(k, generator=g, dtype=F64) + 0.2
-    means = 0.2 + 0.6 * torch.rand(k, *shape, generator=g, dtype=F64)
-    stds = 0.1 + 0.15 * torch.rand(k, *shape, generator=g, dtype=F64)
-    return GaussianMixturePrior(w / w.sum(), means, stds.square())
+    """``k`` overlapping diagonal components on ``shape`` images (the random problems' GMM, float64)."""
+    return random_prior("gmm", seed, shape, components=k)[0]
 
 
 # --------------------------------------------------------------------------- brute force
