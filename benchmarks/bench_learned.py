@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from uqcampaign.kernels.metrics import equal_tailed_interval, psnr, ssim
+from uqcampaign.kernels.metrics import interval_coverage, psnr, ssim
 from uqcampaign.kernels.operators import build_operator
 from uqcampaign.kernels.priors.registry import build_prior
 from uqcampaign.kernels.rng import unit_generator
@@ -45,7 +45,7 @@ LEVEL = 0.9
 DIFFUSION_CHAINS = 64
 
 
-def _example(name: str) -> dict[str, Any]:
+def example_campaign(name: str) -> dict[str, Any]:
     """The campaign file ``examples/digits-<name>-latino.yaml`` as a dict."""
     return yaml.safe_load((ROOT / "examples" / f"digits-{name}-latino.yaml").read_text())
 
@@ -62,7 +62,7 @@ def quality(name: str, prior: Any, n_digits: int, n_chains: int, n_draws: int) -
     lies in the per-pixel equal-tailed ``LEVEL`` interval of those draws. ``draws_per_s`` times the
     sampling loops only (metrics excluded), after one warm-up draw, with the current torch threads.
     """
-    campaign = _example(name)
+    campaign = example_campaign(name)
     sigma = float(campaign["noise"]["sigma"])
     operator = build_operator(campaign["operator"], tuple(prior.img_shape), ROOT / "examples").to(dtype=torch.float32)
     sampler = build_sampler(dict(campaign["sampler"]))
@@ -79,9 +79,7 @@ def quality(name: str, prior: Any, n_digits: int, n_chains: int, n_draws: int) -
         nfe = draws[-1].nfe
         samples = torch.cat([d.x for d in draws])  # (draws · chains, C, H, W)
         means.append(samples.mean(dim=0))
-        lower, upper = equal_tailed_interval(samples, LEVEL)
-        truth = x[m].to(torch.float64)
-        covered.append(((truth >= lower) & (truth <= upper)).to(torch.float64).mean())
+        covered.append(interval_coverage(samples, x[m], LEVEL))
     mean = torch.stack(means)  # (M, C, H, W)
     pinv = operator.pinv(y)  # (M, C, H, W)
     return {
@@ -94,14 +92,14 @@ def quality(name: str, prior: Any, n_digits: int, n_chains: int, n_draws: int) -
         "ssim_mean": float(ssim(mean, x).mean()),
         "psnr_pinv": float(psnr(pinv, x).mean()),
         "ssim_pinv": float(ssim(pinv, x).mean()),
-        "coverage": float(torch.stack(covered).mean()),
+        "coverage": sum(covered) / len(covered),
         "draws_per_s": n_digits * n_chains * n_draws / seconds,
     }
 
 
 def draws_per_second(name: str, prior: Any, n_chains: int, n_draws: int, threads: int) -> float:
     """Chain-draws/s of LATINO on the first held-out digit of example ``name`` with ``threads`` torch threads."""
-    campaign = _example(name)
+    campaign = example_campaign(name)
     sigma = float(campaign["noise"]["sigma"])
     operator = build_operator(campaign["operator"], tuple(prior.img_shape), ROOT / "examples").to(dtype=torch.float32)
     sampler = build_sampler(dict(campaign["sampler"]))
@@ -153,7 +151,7 @@ def section(quick: bool = False) -> str:
     speed_draws, n_calls = (1, 3) if quick else (2, 20)
     default_threads = torch.get_num_threads()
     thread_counts = tuple(sorted({1, default_threads}))
-    prior_spec = _example(EXAMPLES[0])["prior"]
+    prior_spec = example_campaign(EXAMPLES[0])["prior"]
     prior = _lcm_prior(prior_spec)
     teacher = _lcm_prior({**prior_spec, "path": TEACHER})
     with torch_threads(1):

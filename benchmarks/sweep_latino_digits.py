@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
-import yaml
+from bench_learned import ROOT, example_campaign  # this folder is on sys.path when a script here runs
 
-from uqcampaign.kernels.metrics import equal_tailed_interval, psnr
+from uqcampaign.kernels.metrics import equal_tailed_interval, interval_coverage, psnr
 from uqcampaign.kernels.operators import build_operator
 from uqcampaign.kernels.priors.registry import build_prior
 from uqcampaign.kernels.samplers.registry import build_sampler
 from uqcampaign.kernels.threads import torch_threads
 from uqcampaign.kernels.training.datasets import digits16
 
-ROOT = Path(__file__).resolve().parent.parent
 VALIDATION = slice(150, 158)
 DEFAULT_GRID = [[0.1, 999, 124], [0.03, 999, 124], [0.01, 999, 124], [0.003, 999, 124], [0.03, 999, 50], [0.01, 999, 50]]
 
@@ -37,7 +35,7 @@ def sweep(prior_path: str, grid: list[list[float]], problems: list[str], n_chain
     x = images[VALIDATION]  # (8, 1, 16, 16)
     results = []
     for name in problems:
-        campaign = yaml.safe_load((ROOT / "examples" / f"digits-{name}-latino.yaml").read_text())
+        campaign = example_campaign(name)
         sigma = float(campaign["noise"]["sigma"])
         operator = build_operator(campaign["operator"], prior.img_shape, ROOT / "examples").to(dtype=torch.float32)
         clean = operator.A(x)
@@ -50,9 +48,7 @@ def sweep(prior_path: str, grid: list[list[float]], problems: list[str], n_chain
                     draws = sampler.run(y[m], operator, prior, sigma, n_chains, n_draws, torch.Generator().manual_seed(m))
                     samples = torch.cat([d.x for d in draws])  # (n_draws · n_chains, 1, 16, 16)
                 lower, upper = equal_tailed_interval(samples, 0.9)
-                truth = x[m].to(torch.float64)
-                scores.append([float(psnr(samples.mean(0, keepdim=True), x[m : m + 1])),
-                               float(((truth >= lower) & (truth <= upper)).double().mean()),
+                scores.append([float(psnr(samples.mean(0, keepdim=True), x[m : m + 1])), interval_coverage(samples, x[m], 0.9),
                                float((upper - lower).mean())])
             psnr_m, coverage, width = torch.tensor(scores).mean(0).tolist()
             results.append({"problem": name, "delta": delta, "t_max": int(t_max), "t_min": int(t_min),

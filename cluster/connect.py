@@ -14,7 +14,8 @@ Ray's long retry loop. Token authentication (Ray ≥ 2.5x) is left as Ray config
 joined cluster needs its token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``). A local instance
 gets what Ray ≥ 2.59 gives it by default, token authentication (the token is ``~/.ray/auth_token``,
 made once), but :func:`name_local_auth_mode` says so in ``RAY_AUTH_MODE`` so that Ray does not warn
-about its default on every run.
+about its default on every run; ``uqc run`` calls it before anything imports ``ray`` (Ray reads the
+variable at import).
 """
 
 from __future__ import annotations
@@ -115,8 +116,6 @@ def connect(address: str, *, timeout: float = 5.0) -> Connection:
     When Ray is already initialised in this process (a test fixture, a notebook), that
     connection is reused and left open (``owned=False``).
     """
-    if address == "local":
-        name_local_auth_mode()
     import ray
 
     if ray.is_initialized():

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from uqcampaign.kernels.errors import require
 
-__all__ = ["sliced_wasserstein", "equal_tailed_interval", "psnr", "ssim"]
+__all__ = ["sliced_wasserstein", "equal_tailed_interval", "interval_coverage", "psnr", "ssim"]
 
 _QUANTILE_MAX_ELEMENTS = 2**24 - 1  # torch.quantile refuses larger inputs
 
@@ -54,6 +54,13 @@ def equal_tailed_interval(samples: Tensor, level: float = 0.9) -> tuple[Tensor, 
     bounds = torch.cat([torch.quantile(flat[:, i : i + step], q, dim=0) for i in range(0, flat.shape[1], step)], dim=1)
     shape = samples.shape[1:]
     return bounds[0].reshape(shape), bounds[1].reshape(shape)
+
+
+def interval_coverage(samples: Tensor, truth: Tensor, level: float = 0.9) -> float:
+    """Fraction of the coordinates of ``truth (...)`` inside the equal-tailed ``level`` interval of ``samples (n, ...)``."""
+    lower, upper = equal_tailed_interval(samples, level)
+    truth = truth.to(device=lower.device, dtype=torch.float64)
+    return float(((truth >= lower.double()) & (truth <= upper.double())).to(torch.float64).mean())
 
 
 def _images(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:

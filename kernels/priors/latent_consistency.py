@@ -33,7 +33,8 @@ from uqcampaign.kernels.priors.network import NetworkPrior
 from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
 from uqcampaign.kernels.priors.registry import PRIOR_KEYS, check_keys
 
-__all__ = ["LATENT_PIPELINES", "LatentConsistencyPrior", "load_latent_consistency_prior", "guidance_embedding"]
+__all__ = ["LATENT_PIPELINES", "LatentConsistencyPrior", "load_latent_consistency_prior", "guidance_embedding", "lcm_consistency",
+           "encode_prompt"]
 
 LATENT_PIPELINES = ("LatentConsistencyModelPipeline",)
 _DEFAULT_PROMPT = "a handwritten digit"
@@ -46,6 +47,22 @@ def guidance_embedding(w: Tensor, dim: int) -> Tensor:
     angles = (w.float() * 1000.0)[:, None] * freqs[None, :]
     emb = torch.cat([angles.sin(), angles.cos()], dim=1)
     return torch.nn.functional.pad(emb, (0, dim % 2))
+
+
+def lcm_consistency(unet: Any, scheduler: Any, alphas_cumprod: Tensor, z: Tensor, steps: Tensor, cond: Tensor,
+                    timestep_cond: Tensor | None, prediction_type: str) -> Tensor:
+    """The LCM map ``G(z_t, t, c) = c_skip(t) z_t + c_out(t) x̂_0(z_t, t, c)`` (Luo et al. 2023, eq. 9).
+
+    ``z (B, C_z, h, w)``, ``steps`` LongTensor ``(B,)``, ``cond (B, L, D)``, ``timestep_cond (B, d)`` or None.
+    The UNet runs in its own dtype (half precision allowed); Tweedie's formula and the boundary
+    scalings run in ``z``'s dtype, the scalings computed in float64 ((10 t)² overflows float16).
+    """
+    dtype = next(unet.parameters()).dtype
+    embedding = None if timestep_cond is None else timestep_cond.to(dtype)
+    out = unet(z.to(dtype), steps, encoder_hidden_states=cond.to(dtype), timestep_cond=embedding).sample.to(z.dtype)
+    x0 = tweedie_x0(z, out, alphas_cumprod.to(z.device)[steps].to(z.dtype).view(-1, 1, 1, 1), prediction_type)
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(steps.to(torch.float64).view(-1, 1, 1, 1))
+    return c_skip.to(z.dtype) * z + c_out.to(z.dtype) * x0
 
 
 class LatentConsistencyPrior(NetworkPrior):
@@ -104,19 +121,16 @@ class LatentConsistencyPrior(NetworkPrior):
     def consistency(self, z_t: Tensor, t: int | Tensor) -> Tensor:
         """``G(z_t, t, c)``: ``z_t (B, *latent_shape)``, t int or ``(B,)`` -> ``z_0 (B, *latent_shape)``."""
         self._check_shape(z_t, self.latent_shape, "latents")
-        z = z_t.to(device=self.device)  # the network runs in its dtype, the formulas below in the caller's
+        z = z_t.to(device=self.device)
         batch = z.shape[0]
         steps = timesteps_for(t, batch, self.num_train_timesteps, z.device)
-        cond = self.condition.to(device=z.device, dtype=self.dtype).expand(batch, -1, -1)
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
             w = torch.full((batch,), self.guidance_scale - 1.0, device=z.device)
-            timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(self.dtype)
-        out = self.unet(z.to(self.dtype), steps, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample.to(z.dtype)
-        ab = self.alphas_cumprod.to(z.device)[steps].to(z.dtype).view(-1, 1, 1, 1)
-        x0 = tweedie_x0(z, out, ab, self.prediction_type)
-        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(steps.to(torch.float64).view(-1, 1, 1, 1))
-        return (c_skip.to(z.dtype) * z + c_out.to(z.dtype) * x0).to(device=z_t.device)
+            timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim)
+        cond = self.condition.to(z.device).expand(batch, -1, -1)
+        return lcm_consistency(self.unet, self.scheduler, self.alphas_cumprod, z, steps, cond, timestep_cond,
+                               self.prediction_type).to(device=z_t.device)
 
     def denoise(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """Not defined in pixel space for a latent prior: ULA/DPS need a pixel prior."""
@@ -132,8 +146,8 @@ class LatentConsistencyPrior(NetworkPrior):
         }
 
 
-def encode_prompt(tokenizer: Any, text_encoder: Any, prompt: str) -> Tensor:
-    """The condition ``c (1, L, D)``: CLIP's last hidden state of the padded prompt tokens."""
+def encode_prompt(tokenizer: Any, text_encoder: Any, prompt: str | list[str]) -> Tensor:
+    """The condition ``c (P, L, D)`` of ``P`` prompts (one string: ``P = 1``): CLIP's last hidden state of the padded tokens."""
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     with torch.no_grad():

@@ -24,7 +24,7 @@ from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.training.datasets import DIGIT_NAMES, get_dataset, digits16
 from uqcampaign.kernels.training.loop import Stage
 
-__all__ = ["latent_consistency_stages", "prompt_for", "GENERIC_PROMPT", "latent_scale", "encode_training_set"]
+__all__ = ["latent_consistency_stages", "prompt_for", "GENERIC_PROMPT", "training_latent_means", "prompt_embeddings"]
 
 GENERIC_PROMPT = "a handwritten digit"
 _KL_WEIGHT = 1e-5
@@ -36,29 +36,19 @@ def prompt_for(label: int) -> str:
     return f"{GENERIC_PROMPT} {DIGIT_NAMES[int(label)]}"
 
 
-def _training_images(device: torch.device) -> torch.Tensor:
-    """The digits16 training images in the VAE's range ``[-1, 1]``, ``(N, 1, 16, 16)`` on ``device``."""
+def training_latent_means(vae: Any, device: torch.device) -> torch.Tensor:
+    """Unscaled posterior means ``mean q(z | 2x − 1)`` of the digits16 training images, ``(N, C_z, h, w)``."""
     images, _ = digits16("train")
-    return (2.0 * images - 1.0).to(device)
-
-
-def latent_scale(vae: Any, device: torch.device) -> float:
-    """Stable Diffusion's ``scaling_factor``: 1 / std of the VAE's posterior means over the training images."""
     with torch.no_grad():
         vae.eval()
-        return float(1.0 / vae.encode(_training_images(device)).latent_dist.mean.std())
+        return vae.encode((2.0 * images - 1.0).to(device)).latent_dist.mean
 
 
-def encode_training_set(vae: Any, tokenizer: Any, text_encoder: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(latents (N, C_z, h, w), embeddings (11, L, D))``: scaled latents of the training images, and the
-    prompt embeddings of the ten classes (index = label) then of the generic prompt (index 10)."""
-    with torch.no_grad():
-        vae.eval()
-        latents = vae.encode(_training_images(device)).latent_dist.mean * vae.config.scaling_factor
-        prompts = [prompt_for(k) for k in range(10)] + [GENERIC_PROMPT]
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        return latents, text_encoder(ids).last_hidden_state
+def prompt_embeddings(tokenizer: Any, text_encoder: Any) -> torch.Tensor:
+    """``(11, L, D)``: the embeddings of the ten class prompts (index = label), then of the generic prompt (index 10)."""
+    from uqcampaign.kernels.priors.latent_consistency import encode_prompt
+
+    return encode_prompt(tokenizer, text_encoder, [prompt_for(k) for k in range(10)] + [GENERIC_PROMPT])
 
 
 def latent_consistency_stages(dataset_name: str, steps: int, batch_size: int, lr: float, device: torch.device,
@@ -99,8 +89,10 @@ def latent_consistency_stages(dataset_name: str, steps: int, batch_size: int, lr
         """Latents of every training image and the 11 prompt embeddings (the VAE is final by now)."""
         if cache:
             return
-        vae.register_to_config(scaling_factor=latent_scale(vae, device))
-        cache["latents"], cache["embeddings"] = encode_training_set(vae, tokenizer, text_encoder, device)
+        means = training_latent_means(vae, device)
+        scale = float(1.0 / means.std())  # Stable Diffusion's scaling_factor: unit-variance latents
+        vae.register_to_config(scaling_factor=scale)
+        cache["latents"], cache["embeddings"] = means * scale, prompt_embeddings(tokenizer, text_encoder)
 
     def unet_loss(generator: torch.Generator, step: int) -> torch.Tensor:
         prepare()

@@ -49,9 +49,9 @@ def latent_distillation_stages(dataset_name: str, steps: int, batch_size: int, l
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from uqcampaign.kernels.priors.diffusion import tweedie_x0
-    from uqcampaign.kernels.priors.latent_consistency import guidance_embedding, load_latent_consistency_prior
+    from uqcampaign.kernels.priors.latent_consistency import guidance_embedding, lcm_consistency, load_latent_consistency_prior
     from uqcampaign.kernels.training.datasets import digits16
-    from uqcampaign.kernels.training.latent import encode_training_set
+    from uqcampaign.kernels.training.latent import prompt_embeddings, training_latent_means
 
     require(teacher is not None, "latent consistency distillation needs teacher=<latent ε-model folder> (e.g. priors/digits16-ldm)")
     require(dataset_name == "digits16", f"latent consistency distillation runs on the teacher's data set digits16, got {dataset_name!r}")
@@ -73,7 +73,8 @@ def latent_distillation_stages(dataset_name: str, steps: int, batch_size: int, l
     student = student.to(device).train()
     target = copy.deepcopy(student).requires_grad_(False)
 
-    latents, embeddings = encode_training_set(vae, tokenizer, text_encoder, device)
+    latents = training_latent_means(vae, device) * vae.config.scaling_factor
+    embeddings = prompt_embeddings(tokenizer, text_encoder)
     _, labels = digits16("train")
     alphas = scheduler.alphas_cumprod.to(device)
     T = int(alphas.shape[0])
@@ -81,10 +82,7 @@ def latent_distillation_stages(dataset_name: str, steps: int, batch_size: int, l
     ladder = (torch.arange(1, ddim_steps + 1) * skip - 1).to(device)  # t_n = k−1, 2k−1, …, T−1
 
     def consistency(unet: Any, z: torch.Tensor, t: torch.Tensor, w_emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        eps = unet(z, t, encoder_hidden_states=cond, timestep_cond=w_emb).sample
-        x0 = tweedie_x0(z, eps, alphas[t].view(-1, 1, 1, 1), "epsilon")
-        c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t.float().view(-1, 1, 1, 1))
-        return c_skip * z + c_out * x0
+        return lcm_consistency(unet, scheduler, alphas, z, t, cond, w_emb, "epsilon")
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
         if step > 0:

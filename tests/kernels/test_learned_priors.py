@@ -364,7 +364,7 @@ def test_latino_with_shipped_latent_consistency_prior_beats_pinv_and_spreads() -
     0.43 at δ = 0.1 (which fails the coverage check); the undistilled teacher ``priors/digits16-ldm``
     reaches 0.66 at δ = 0.01.
     """
-    from uqcampaign.kernels.metrics import equal_tailed_interval, psnr
+    from uqcampaign.kernels.metrics import interval_coverage, psnr
     from uqcampaign.kernels.operators import build_operator
     from uqcampaign.kernels.samplers.registry import build_sampler
     from uqcampaign.kernels.training.datasets import held_out_measurements
@@ -385,21 +385,25 @@ def test_latino_with_shipped_latent_consistency_prior_beats_pinv_and_spreads() -
         mean_psnr = float(psnr(samples.mean(0, keepdim=True).clamp(0, 1), x[m : m + 1]))
         pinv_psnr = float(psnr(operator.pinv(y[m : m + 1]).clamp(0, 1), x[m : m + 1]))
         assert mean_psnr > pinv_psnr + 10.0, f"digit {m}: posterior mean {mean_psnr:.1f} dB vs pinv {pinv_psnr:.1f} dB"
-        lower, upper = equal_tailed_interval(samples, 0.9)
-        coverage.append(float(((x[m] >= lower) & (x[m] <= upper)).double().mean()))
+        coverage.append(interval_coverage(samples, x[m], 0.9))
     assert sum(coverage) / 2 > 0.55, f"90% interval pixel coverage {coverage}"
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_lcm_changes_no_latino_figure(dtype: torch.dtype) -> None:
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.bfloat16), ("cpu", torch.float16),
+                                           pytest.param("cuda", torch.float16, marks=[pytest.mark.gpu, _CUDA])])
+def test_half_precision_lcm_changes_no_latino_figure(device: str, dtype: torch.dtype) -> None:
     """The LCM networks in half precision (chains, Tweedie/LCM formulas and prox stay float32) give LATINO
-    the same PSNR and 90% coverage as float32, on two held-out digits with the inpainting example's settings.
+    the same PSNR and 90% coverage as float32 on the same device, on two held-out digits with the
+    inpainting example's settings. Campaigns keep float32 networks until the CUDA case has run on a GPU.
 
     Measured on 4 digits × 128 draws: float32 25.558 dB / 0.750, bfloat16 25.591 / 0.759, float16 25.556 /
     0.751. Before the LCM boundary scalings were computed in float64, float16 gave 12.8 dB / 0.0
     ((10 t)² overflows float16), which this test catches.
     """
-    from uqcampaign.kernels.metrics import equal_tailed_interval, psnr
+    from uqcampaign.kernels.metrics import interval_coverage, psnr
     from uqcampaign.kernels.operators import build_operator
     from uqcampaign.kernels.samplers.registry import build_sampler
     from uqcampaign.kernels.training.datasets import held_out_measurements
@@ -410,15 +414,16 @@ def test_half_precision_lcm_changes_no_latino_figure(dtype: torch.dtype) -> None
     prior = build_prior(example["prior"], REPO / "examples")
     operator, sampler = build_operator(example["operator"], (1, 16, 16)), build_sampler(example["sampler"])
     x, y, _ = held_out_measurements(operator, 0.05, 2)
+    operator, y = operator.to(device), y.to(device)
     figures = {}
-    for model in (prior, prior.to(dtype=dtype)):
+    for model in (prior.to(device), prior.to(device, dtype=dtype)):
         scores = []
         for m in range(2):
+            generator = torch.Generator(device=device).manual_seed(m)
             with torch.no_grad():
-                samples = torch.cat([d.x for d in sampler.run(y[m], operator, model, 0.05, 16, 2, torch.Generator().manual_seed(m))])
+                samples = torch.cat([d.x for d in sampler.run(y[m], operator, model, 0.05, 16, 2, generator)]).cpu()
             assert samples.dtype == torch.float32
-            lower, upper = equal_tailed_interval(samples, 0.9)
-            scores.append([float(psnr(samples.mean(0, keepdim=True), x[m : m + 1])), float(((x[m] >= lower) & (x[m] <= upper)).double().mean())])
+            scores.append([float(psnr(samples.mean(0, keepdim=True), x[m : m + 1])), interval_coverage(samples, x[m], 0.9)])
         figures[model.dtype] = torch.tensor(scores).mean(0).tolist()
     (psnr32, cov32), (psnr_half, cov_half) = figures[torch.float32], figures[dtype]
     assert abs(psnr_half - psnr32) < 0.1 and abs(cov_half - cov32) < 0.03, figures

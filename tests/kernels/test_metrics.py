@@ -10,7 +10,7 @@ import torch
 
 from uqcampaign.kernels import metrics
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.kernels.metrics import equal_tailed_interval, psnr, sliced_wasserstein, ssim
+from uqcampaign.kernels.metrics import equal_tailed_interval, interval_coverage, psnr, sliced_wasserstein, ssim
 
 F64 = torch.float64
 
@@ -73,6 +73,14 @@ def test_equal_tailed_interval_matches_numpy_and_is_chunked_consistently(monkeyp
     assert torch.equal(chunked[0], lower) and torch.equal(chunked[1], upper)
     with pytest.raises(UQError, match=r"level = 1\.5 must be in \(0, 1\)"):
         equal_tailed_interval(samples, 1.5)
+
+
+def test_interval_coverage_counts_the_coordinates_inside() -> None:
+    """Draws 0..100 per pixel: the 90% interval is [5, 95]; truths 0, 5, 50, 95, 96, 100 → 3 of 6 inside."""
+    samples = torch.arange(101, dtype=torch.float32)[:, None, None, None].expand(101, 1, 2, 3)
+    truth = torch.tensor([[[0.0, 5.0, 50.0], [95.0, 96.0, 100.0]]], dtype=torch.float64)
+    assert interval_coverage(samples, truth, 0.9) == 0.5
+    assert interval_coverage(samples, truth, 0.99) == 4 / 6  # [0.5, 99.5]: 5, 50, 95, 96
 
 
 def test_equal_tailed_interval_of_normal_samples_has_the_normal_quantiles() -> None:
