@@ -118,8 +118,12 @@ class LatentConsistencyPrior(NetworkPrior):
         return x.to(dtype=z.dtype)
 
     # -- the network -----------------------------------------------------------------------
-    def consistency(self, z_t: Tensor, t: int | Tensor) -> Tensor:
-        """``G(z_t, t, c)``: ``z_t (B, *latent_shape)``, t int or ``(B,)`` -> ``z_0 (B, *latent_shape)``."""
+    def consistency(self, z_t: Tensor, t: int | Tensor, condition: Tensor | None = None) -> Tensor:
+        """``G(z_t, t, c)``: ``z_t (B, *latent_shape)``, t int or ``(B,)`` -> ``z_0 (B, *latent_shape)``.
+
+        ``condition``: a prompt embedding ``(1 or B, L, D)`` used instead of :attr:`condition`
+        (LATINO-PRO differentiates through it); ``None`` uses the prior's own prompt.
+        """
         self._check_shape(z_t, self.latent_shape, "latents")
         z = z_t.to(device=self.device)
         batch = z.shape[0]
@@ -128,7 +132,7 @@ class LatentConsistencyPrior(NetworkPrior):
         if self.unet.config.time_cond_proj_dim is not None:
             w = torch.full((batch,), self.guidance_scale - 1.0, device=z.device)
             timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim)
-        cond = self.condition.to(z.device).expand(batch, -1, -1)
+        cond = (self.condition if condition is None else condition).to(z.device).expand(batch, -1, -1)
         return lcm_consistency(self.unet, self.scheduler, self.alphas_cumprod, z, steps, cond, timestep_cond,
                                self.prediction_type).to(device=z_t.device)
 

@@ -34,11 +34,16 @@ class Draw(NamedTuple):
     ``index``: draw index within the unit, ``0 .. n_draws - 1``.
     ``x``: ``(chains, C, H, W)``, detached, in the dtype/device of ``y``.
     ``nfe``: network (denoiser) calls spent on this draw, per chain.
+    ``info``: what the sampler reports beside the draw (never fed back), or None. Scalars per
+    draw (e.g. ``outside_box``: fraction of proposals outside the box since the last draw) and,
+    on the last draw of a unit, per-unit arrays (e.g. SMC's ``ess``/``resamples``/``log_evidence``
+    per run, LATINO-PRO's ``condition`` and ``condition_trace``); each sampler documents its keys.
     """
 
     index: int
     x: torch.Tensor
     nfe: int
+    info: dict[str, Any] | None = None
 
 
 @runtime_checkable

@@ -59,6 +59,11 @@ def test_posterior_equals_dense_bayes_on_a_two_pixel_grid(matrix: list, y: list,
     assert_close(post.mean().reshape(2), mean, atol=1e-10)
     assert_close(post.marginal_std().reshape(2), std, atol=1e-10)
     assert_close(post.weights, joint.sum(0), atol=1e-10)
+    # log p(y) = log ∫ p(y | x) p(x) dx, with the likelihood's normalising constant of m = len(y) dims
+    cell = float(grid[1] - grid[0]) ** 2
+    log_norm = -0.5 * len(y) * math.log(2 * math.pi * sigma**2)
+    evidence = float(torch.logsumexp((log_components + log_lik[:, None]).reshape(-1), dim=0)) + math.log(cell) + log_norm
+    assert abs(post.log_evidence - evidence) < 1e-6
 
 
 def test_full_gaussian_posterior_equals_conjugate_formulas() -> None:

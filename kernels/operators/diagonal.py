@@ -1,0 +1,86 @@
+"""Operators diagonal in the pixel basis (``AᵀA = diag(w²)``): ``denoise`` and ``inpaint``; prox and pinv elementwise."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from uqcampaign.kernels.errors import require_fit
+from uqcampaign.kernels.operators.base import ImgShape, LinearOperator, Scalar, _cast
+from uqcampaign.kernels.operators.spec import file_mask, param
+
+__all__ = ["DiagonalOperator", "Denoise", "Inpainting"]
+
+
+class DiagonalOperator(LinearOperator):
+    """``A x = w ⊙ x`` with ``w`` broadcastable to ``(C, H, W)``: ``AᵀA = diag(w²)``, everything elementwise."""
+
+    def __init__(self, weights: Tensor, img_shape: ImgShape, spec: Mapping[str, Any] | None = None) -> None:
+        super().__init__(img_shape, img_shape, spec)
+        self.weights = weights.to(torch.float64)
+        self.weights_inv = torch.where(self.weights != 0, 1.0 / self.weights, torch.zeros_like(self.weights))
+
+    def A(self, x: Tensor) -> Tensor:
+        return _cast(self.weights, x) * x
+
+    A_T = A
+
+    def pinv(self, y: Tensor) -> Tensor:
+        y = self._batched(y)
+        return _cast(self.weights_inv, y) * y
+
+    def prox_data(self, u: Tensor, y: Tensor, sigma: Scalar, delta: Scalar) -> Tensor:
+        s2, d = self._check_sigma_delta(u, sigma, delta)
+        w = _cast(self.weights, u)
+        return (w * _cast(y, u) / s2 + u / d) / (w * w / s2 + 1.0 / d)
+
+    def norm_sq(self) -> float:
+        return float((self.weights**2).max())
+
+
+class Denoise(DiagonalOperator):
+    """Identity: ``y = x``, obs ``(C, H, W)``. Spec ``{kind: denoise}``."""
+
+    kind = "denoise"
+
+    def __init__(self, img_shape: ImgShape, spec: Mapping[str, Any] | None = None) -> None:
+        super().__init__(torch.ones(1, 1, 1, dtype=torch.float64), img_shape, spec)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], img_shape: ImgShape, root: Path | None) -> Denoise:
+        return cls(img_shape, {})
+
+
+class Inpainting(DiagonalOperator):
+    """Pixel mask: ``y = M ⊙ x``, obs ``(C, H, W)``, ``M`` of 0/1 values.
+
+    Spec ``{kind: inpaint, fraction: 0.5, seed: 0}`` keeps exactly ``round(fraction·H·W)`` pixel
+    positions, drawn with ``numpy.random.default_rng(seed)`` and shared over channels (a missing
+    pixel loses all its channels); or ``{kind: inpaint, mask: file.npy}`` with a ``(C, H, W)`` or
+    ``(H, W)`` array of 0/1.
+    """
+
+    kind = "inpaint"
+    KEYS = ("fraction", "seed", "mask")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], img_shape: ImgShape, root: Path | None) -> Inpainting:
+        if "mask" in spec:
+            return cls(file_mask(spec, img_shape, root, "inpaint", ("fraction", "seed")), img_shape, {"mask": str(spec["mask"])})
+        _, h, w = img_shape
+        fraction = param(spec, "fraction", 0.5, "inpaint", minimum=0.0, exclusive=True, maximum=1.0)
+        seed = param(spec, "seed", 0, "inpaint", integer=True, minimum=0)
+        n_keep = round(fraction * h * w)
+        require_fit(
+            n_keep > 0,
+            f"operator inpaint: fraction={fraction} keeps no pixel of a {h}x{w} image; raise it above {0.5 / (h * w):.2g}",
+        )
+        keep = np.random.default_rng(seed).permutation(h * w)[:n_keep]
+        mask = np.zeros(h * w)
+        mask[keep] = 1.0
+        return cls(torch.from_numpy(mask).reshape(1, h, w), img_shape, {"fraction": fraction, "seed": seed})
