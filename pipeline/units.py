@@ -76,8 +76,10 @@ def load_components(campaign: Campaign, prior: Any = None, operator: Any = None,
     from uqcampaign.kernels.samplers.registry import build_sampler
 
     if prior is None:
-        # Campaigns run in float32 (exact posteriors are still computed in float64 by the prior).
-        prior = build_prior(dict(campaign.prior), campaign.root).to(device=device, dtype=torch.float32)
+        # Campaigns run in float32 (exact posteriors are still computed in float64 by the prior); a learned
+        # prior's `dtype` key keeps its networks in that dtype (the formulas follow the chains' float32).
+        dtype = None if campaign.prior.get("dtype") is not None else torch.float32
+        prior = build_prior(dict(campaign.prior), campaign.root).to(device=device, dtype=dtype)
     if operator is None:
         operator = build_operator(dict(campaign.operator), tuple(prior.img_shape), campaign.root).to(device=device)
     return prior, operator, build_sampler(dict(campaign.sampler))

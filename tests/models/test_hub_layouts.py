@@ -1,0 +1,167 @@
+"""Hub layouts through ``uqc run`` (issue 11): every layout runs a one-unit campaign of every sampler it allows,
+its truth simulated from the prior itself (``data.simulate`` → ``prior.sample``); every refusal is one line.
+
+The folders come from ``conftest.build_layouts`` (tiny random weights in the exact hub layouts).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from typer.testing import CliRunner
+
+from uqcampaign.pipeline.cli import app
+
+runner = CliRunner()
+
+PIXEL_SAMPLERS = ("ula", "dps", "latino")
+SAMPLERS: dict[str, dict[str, Any]] = {
+    "ula": {"kind": "ula", "burn_in": 2, "thin": 1},
+    "dps": {"kind": "dps", "steps": 3},
+    "latino": {"kind": "latino", "steps": 2},
+}
+# layout -> (prior spec, samplers it allows, expected describe() entries, network calls per denoiser/consistency call)
+CASES: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, Any], int]] = {
+    "ddpm": ({"kind": "diffusion", "path": "ddpm"}, PIXEL_SAMPLERS,
+             {"data_range": [-1.0, 1.0], "data_range_from": "scheduler clip_sample_range", "clip_sample": 1.0}, 1),
+    "ddim": ({"kind": "diffusion", "path": "ddim"}, PIXEL_SAMPLERS, {"scheduler": "DDIMScheduler", "pipeline": "DDIMPipeline"}, 1),
+    "ddpm-v": ({"kind": "diffusion", "path": "ddpm-v"}, PIXEL_SAMPLERS, {"prediction_type": "v_prediction"}, 1),
+    "ddpm-cosine": ({"kind": "diffusion", "path": "ddpm-cosine"}, PIXEL_SAMPLERS, {"data_range": [-1.0, 1.0]}, 1),
+    "cm": ({"kind": "consistency", "path": "cm"}, PIXEL_SAMPLERS, {"data_range_from": "scheduler clip_denoised", "clip_denoised": 1.0}, 1),
+    "cm-class": ({"kind": "consistency", "path": "cm-class", "class_label": 3}, PIXEL_SAMPLERS, {"class_label": 3}, 1),
+    "lcm": ({"kind": "latent-consistency", "path": "lcm", "prompt": "a handwritten digit", "guidance_scale": 2.0}, ("latino",),
+            {"guidance": "embedding", "pipeline": "LatentConsistencyModelPipeline"}, 1),
+    "sd15": ({"kind": "latent-consistency", "path": "sd15", "prompt": "a digit"}, ("latino",),
+             {"guidance": "none", "scheduler": "LCMScheduler", "pipeline": "StableDiffusionPipeline"}, 1),
+    "sd15-lora": ({"kind": "latent-consistency", "path": "sd15", "lora": "sd15-lora", "guidance_scale": 1.5}, ("latino",),
+                  {"guidance": "cfg", "lora": "sd15-lora"}, 2),
+    "sdxl": ({"kind": "latent-consistency", "path": "sdxl", "guidance_scale": 2.0}, ("latino",),
+             {"guidance": "cfg", "pipeline": "StableDiffusionXLPipeline", "scheduler": "LCMScheduler"}, 2),
+    "sdxl-lcm-unet": ({"kind": "latent-consistency", "path": "sdxl", "unet": "sdxl-lcm-unet", "guidance_scale": 3.0}, ("latino",),
+                      {"guidance": "embedding", "unet": "sdxl-lcm-unet"}, 1),
+    "ddpm-fp16": ({"kind": "diffusion", "path": "ddpm-fp16", "variant": "fp16", "dtype": "bfloat16"}, PIXEL_SAMPLERS,
+                  {"variant": "fp16", "network_dtype": "bfloat16"}, 1),
+    "hub-cache": ({"kind": "diffusion", "path": "hub-cache/models--tiny--ddpm"}, PIXEL_SAMPLERS, {"data_range": [-1.0, 1.0]}, 1),
+}
+RUNS = [(name, sampler) for name, (_, samplers, _, _) in CASES.items() for sampler in samplers]
+
+
+def _campaign(folder: Path, prior: dict[str, Any], sampler: str, name: str = "campaign") -> Path:
+    """A one-unit campaign (1 simulated measurement, 2 chains × 2 draws) in the layouts' folder."""
+    spec = {
+        "name": name, "store": f"{name}.zarr", "seed": 1, "data": {"simulate": {"count": 1}},
+        "operator": {"kind": "inpaint", "fraction": 0.5, "seed": 0}, "noise": {"sigma": 0.1},
+        "prior": {"sample_steps": 2, **prior}, "sampler": SAMPLERS[sampler], "chains": 2, "draws": 2,
+        "chunks": {"chains": 2, "draws": 2}, "cluster": {"address": "in-process"},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(hub_layouts, tmp_path_factory) -> Path:
+    """A folder beside which the layouts are reachable by name (symlinks; the layouts stay read-only)."""
+    folder = tmp_path_factory.mktemp("campaigns")
+    for name, path in hub_layouts.items():
+        (folder / name).symlink_to(path, target_is_directory=True)
+    return folder
+
+
+@pytest.mark.parametrize("layout, sampler", RUNS, ids=[f"{a}-{b}" for a, b in RUNS])
+def test_layout_runs_a_campaign(workdir: Path, hub_layouts, layout: str, sampler: str) -> None:
+    prior, _, expected, calls = CASES[layout]
+    path = _campaign(workdir, prior, sampler, f"{layout}-{sampler}")
+    result = runner.invoke(app, ["run", str(path), "--in-process", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    group = zarr.open_group(str(workdir / f"{layout}-{sampler}.zarr"), mode="r")
+    samples = np.asarray(group["samples"][...])
+    assert samples.shape[:3] == (1, 2, 2) and np.isfinite(samples).all()
+    assert int(np.asarray(group["draws_done"][...]).min()) == 2
+    truth = np.asarray(group["x_true"][...])  # drawn by prior.sample: campaign units, the [0, 1] images of the hub range
+    assert np.isfinite(truth).all() and -0.5 < truth.mean() < 1.5
+    described = json.loads(group.attrs["prior"]) if isinstance(group.attrs["prior"], str) else dict(group.attrs["prior"])
+    for key, value in expected.items():
+        assert described.get(key) == value, (key, described)
+    assert described["network_calls"] == calls
+    nfe = float(np.asarray(group["units"]["nfe_per_draw"][0, 0]))
+    per_draw = {"ula": 1 + 2 / 2, "dps": 3, "latino": 2}[sampler] * calls  # ULA: thin 1 + burn_in 2 spread over 2 draws
+    assert nfe == pytest.approx(per_draw), (nfe, per_draw)
+    assert not (Path(hub_layouts["sd15"]).parent / "unpickled.txt").exists()  # the stray .bin was never opened
+
+
+# ----------------------------------------------------------------------------- refusals, one line each
+
+
+def _fp16_without_variant(hub_layouts, tmp: Path) -> dict[str, Any]:
+    return {"kind": "diffusion", "path": str(hub_layouts["ddpm-fp16"])}
+
+
+def _bare_unet_without_scheduler(hub_layouts, tmp: Path) -> dict[str, Any]:
+    shutil.copytree(hub_layouts["ddpm"] / "unet", tmp / "bare-unet")
+    return {"kind": "diffusion", "path": str(tmp / "bare-unet")}
+
+
+def _lora_pickle_only(hub_layouts, tmp: Path) -> dict[str, Any]:
+    (tmp / "lora").mkdir()
+    (tmp / "lora" / "pytorch_lora_weights.bin").write_bytes(b"not opened")
+    return {"kind": "latent-consistency", "path": str(hub_layouts["sd15"]), "lora": str(tmp / "lora")}
+
+
+REFUSALS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
+    # name: (prior spec or builder, sampler, fragments of the one line)
+    "conditional cm without class_label": ({"kind": "consistency", "path": "cm-class"}, "latino",
+                                           ("class-conditional (10 classes)", "add class_label")),
+    "class_label out of range": ({"kind": "consistency", "path": "cm-class", "class_label": 10}, "latino", ("class_label = 10", "[0, 10)")),
+    "class_label on an unconditional model": ({"kind": "consistency", "path": "cm", "class_label": 1}, "latino", ("unconditional",)),
+    "fp16-only folder without variant": (_fp16_without_variant, "latino", ("diffusion_pytorch_model.fp16.safetensors", "set variant: fp16")),
+    "variant absent": ({"kind": "diffusion", "path": "ddpm", "variant": "fp16"}, "latino", ("variant 'fp16'", "remove 'variant'")),
+    "bare unet without scheduler": (_bare_unet_without_scheduler, "latino", ("bare UNet2DModel folder with no scheduler", "scheduler:")),
+    "hub id not in the cache": ({"kind": "diffusion", "path": "google/ddpm-cifar10-32"}, "latino",
+                                ("hub id", "hf download google/ddpm-cifar10-32", "give the folder")),
+    "SD folder under kind diffusion": ({"kind": "diffusion", "path": "sd15"}, "latino", ("StableDiffusionPipeline", "set kind: latent-consistency")),
+    "image size not a multiple": ({"kind": "diffusion", "path": "ddpm", "image_size": 31}, "latino",
+                                  ("H = 31", "multiples of 2", "(30 or 32 here)")),
+    "latent image size not a multiple": ({"kind": "latent-consistency", "path": "sd15", "image_size": 17}, "latino",
+                                         ("VAE downsamples by 2", "(16 or 18 here)")),
+    "SDXL unet in an SD folder": ({"kind": "latent-consistency", "path": "sd15", "unet": "sdxl-lcm-unet"}, "latino",
+                                  ("attends to width 64", "give 32")),
+    "lora with only a pickle": (_lora_pickle_only, "latino", ("pytorch_lora_weights.bin", "refused")),
+    "bad data_range": ({"kind": "diffusion", "path": "ddpm", "data_range": [1, -1]}, "latino", ("data_range", "lo < hi")),
+    "latent prior under ULA": ({"kind": "latent-consistency", "path": "sd15"}, "ula", ("needs a pixel-space prior",)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusal_is_one_line_and_writes_no_store(workdir: Path, hub_layouts, tmp_path: Path, case: str) -> None:
+    prior, sampler, fragments = REFUSALS[case]
+    spec = prior(hub_layouts, tmp_path) if callable(prior) else prior
+    path = _campaign(workdir, spec, sampler, "refused-" + "".join(c if c.isalnum() else "-" for c in case))
+    result = runner.invoke(app, ["run", str(path), "--in-process", "--no-progress"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not path.with_suffix(".zarr").exists()
+
+
+def test_hub_id_resolves_through_the_local_cache(hub_layouts, monkeypatch) -> None:
+    """A hub id is looked up in the hub cache (refs/main → snapshots/<rev>), as from_pretrained looks it up."""
+    from huggingface_hub import constants
+
+    from uqcampaign.kernels.priors.registry import build_prior
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_layouts["hub-cache"]))
+    prior = build_prior({"kind": "diffusion", "path": "tiny/ddpm"})
+    direct = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddpm"])})
+    assert prior.img_shape == (3, 32, 32) and "snapshots" in str(prior.unet.config._name_or_path)
+    for a, b in zip(prior.unet.parameters(), direct.unet.parameters()):
+        assert a.data_ptr() != b.data_ptr() and bool((a == b).all())
