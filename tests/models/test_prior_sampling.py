@@ -1,0 +1,169 @@
+"""Learned priors draw from themselves (issue 11, Build 5): ``prior.sample(n, generator)``.
+
+1. On the hub layouts, ``prior.sample`` is diffusers' own pipeline: the same draws as ``DDPMPipeline``,
+   ``DDIMPipeline``, ``ConsistencyModelPipeline`` (class-conditional), ``LatentConsistencyModelPipeline``,
+   ``StableDiffusionPipeline`` + LCMScheduler + LCM-LoRA (classifier-free guidance) and
+   ``StableDiffusionXLPipeline`` + LCMScheduler (guidance embedding, and classifier-free guidance) called
+   with the same generator, mapped to [0, 1] and clamped as the pipelines' post-processing does.
+2. On the shipped ``gmm8-*`` priors, the draws' statistics against the Gaussian mixture they were trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from uqcampaign.kernels.priors.registry import build_prior
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPT = "a handwritten digit seven"
+
+
+def _pipeline_images(name: str, layouts: dict[str, Path], n: int, steps: int, generator: torch.Generator, **extra) -> torch.Tensor:
+    """Images ``(n, C, H, W)`` in [0, 1] from diffusers' pipeline for layout ``name`` (``output_type`` pt/np)."""
+    import diffusers
+    from diffusers import LCMScheduler
+
+    folder = layouts[name.split("+")[0]]
+    if name in ("ddpm", "ddim"):
+        cls = diffusers.DDPMPipeline if name == "ddpm" else diffusers.DDIMPipeline
+        out = cls.from_pretrained(folder)(batch_size=n, generator=generator, num_inference_steps=steps, output_type="np").images
+        return torch.as_tensor(out).permute(0, 3, 1, 2)
+    if name == "cm-class":
+        pipe = diffusers.ConsistencyModelPipeline.from_pretrained(folder)
+        return pipe(batch_size=n, class_labels=torch.full((n,), 3), num_inference_steps=steps, generator=generator, output_type="pt").images
+    if name == "lcm":
+        pipe = diffusers.LatentConsistencyModelPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None)
+    elif name.startswith("sd15"):
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.load_lora_weights(str(layouts["sd15-lora"]))
+        pipe.fuse_lora()
+    else:
+        unet = diffusers.UNet2DConditionModel.from_pretrained(layouts["sdxl-lcm-unet"]) if "+unet" in name else None
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(folder, **({"unet": unet} if unet is not None else {}))
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    return pipe(PROMPT, height=16, width=16, num_inference_steps=steps, num_images_per_prompt=n, generator=generator,
+                output_type="pt", **extra).images
+
+
+# layout -> (prior spec, pipeline call extras)
+AGAINST_DIFFUSERS = {
+    "ddpm": ({"kind": "diffusion", "path": "ddpm"}, {}),
+    "ddim": ({"kind": "diffusion", "path": "ddim"}, {}),
+    "cm-class": ({"kind": "consistency", "path": "cm-class", "class_label": 3}, {}),
+    "lcm": ({"kind": "latent-consistency", "path": "lcm", "prompt": PROMPT, "guidance_scale": 2.0}, {"guidance_scale": 2.0}),
+    "sd15+lora": ({"kind": "latent-consistency", "path": "sd15", "lora": "sd15-lora", "prompt": PROMPT, "guidance_scale": 1.5},
+                  {"guidance_scale": 1.5}),
+    "sdxl": ({"kind": "latent-consistency", "path": "sdxl", "prompt": PROMPT, "guidance_scale": 2.0}, {"guidance_scale": 2.0}),
+    "sdxl+unet": ({"kind": "latent-consistency", "path": "sdxl", "unet": "sdxl-lcm-unet", "prompt": PROMPT, "guidance_scale": 3.0},
+                  {"guidance_scale": 3.0}),
+}
+
+
+@pytest.mark.parametrize("name", list(AGAINST_DIFFUSERS))
+def test_prior_sample_is_the_diffusers_pipeline(hub_layouts, name: str) -> None:
+    spec, extra = AGAINST_DIFFUSERS[name]
+    steps = 2
+    root = hub_layouts["ddpm"].parent
+    prior = build_prior({**spec, "sample_steps": steps}, root)
+    with torch.no_grad():
+        ours = prior.sample(3, torch.Generator().manual_seed(7))
+        theirs = _pipeline_images(name, hub_layouts, 3, steps, torch.Generator().manual_seed(7), **extra)
+    assert ours.shape == theirs.shape == (3, *prior.img_shape) and ours.dtype == torch.float32
+    # the pipelines post-process with (x + 1) / 2 clamped to [0, 1]: our draws are in campaign units, unclamped
+    torch.testing.assert_close(ours.clamp(0, 1), theirs.float(), rtol=0, atol=2e-4)
+
+
+def test_sample_refuses_a_bad_count_and_keeps_the_scheduler(hub_layouts) -> None:
+    from uqcampaign.kernels.errors import UQError
+
+    prior = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddim"]), "sample_steps": 2})
+    timesteps = prior.scheduler.timesteps.clone()
+    prior.sample(1, torch.Generator().manual_seed(0))
+    assert torch.equal(prior.scheduler.timesteps, timesteps)  # sampling works on a copy
+    with pytest.raises(UQError):
+        prior.sample(0, torch.Generator())
+
+
+# ----------------------------------------------------------------------------- shipped gmm8 priors vs their mixture
+
+
+def _mixture_moments(prior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pixel mean, variance and fourth central moment ``(d,)`` of a diagonal Gaussian mixture."""
+    w = prior.weights[:, None]
+    m, v = prior.means.reshape(w.shape[0], -1), prior.variances.reshape(w.shape[0], -1)
+    mean = (w * m).sum(0)
+    var = (w * (v + m**2)).sum(0) - mean**2
+    d = m - mean
+    return mean, var, (w * (d**4 + 6 * d**2 * v + 3 * v**2)).sum(0)
+
+
+GMM8_DRAWS = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def gmm8_figures(name: str, kind: str, steps: int | None) -> dict[str, float]:
+    """1000 draws of the shipped prior ``name`` against the gmm8 mixture it was trained on (cached per session).
+
+    Per pixel (64 pixels): z-scores of the sample mean (SE = σ / √n) and of the sample std (SE from the
+    mixture's fourth moment, sqrt((μ₄ − σ⁴) / (4σ² n))); the sliced-Wasserstein distance to 1000 mixture
+    draws and the floor (between two independent sets of 1000 mixture draws, the same 64 directions).
+    """
+    from uqcampaign.kernels.metrics import sliced_wasserstein
+    from uqcampaign.kernels.training.datasets import gmm8_prior
+
+    if not (REPO / "priors" / name).is_dir():
+        pytest.skip(f"priors/{name} not shipped")
+    exact = gmm8_prior()
+    prior = build_prior({"kind": kind, "path": f"priors/{name}", "sample_steps": steps}, REPO)
+    n = GMM8_DRAWS
+    with torch.no_grad():
+        x = prior.sample(n, torch.Generator().manual_seed(0)).double()
+    mean, var, mu4 = _mixture_moments(exact)
+    flat = x.reshape(n, -1)
+    z_mean = (flat.mean(0) - mean) / (var / n).sqrt()
+    z_std = (flat.std(0) - var.sqrt()) / ((mu4 - var**2) / (4 * var * n)).sqrt()
+    reference = exact.sample(n, torch.Generator().manual_seed(1))
+    floor = sliced_wasserstein(reference, exact.sample(n, torch.Generator().manual_seed(2)), generator=torch.Generator().manual_seed(3))
+    sw = sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(3))
+    figures = {"z_mean": float(z_mean.abs().max()), "z_std": float(z_std.abs().max()), "mean_z_std": float(z_std.mean()),
+               "sw": sw, "floor": floor}
+    print(f"\n[sample] {name} ({steps or 'default'} steps): max |z| mean {figures['z_mean']:.2f}, std {figures['z_std']:.2f} "
+          f"(mean z of the std {figures['mean_z_std']:+.2f}); SW {sw:.4f} vs floor {floor:.4f} ({sw / floor:.2f} x)")
+    return figures
+
+
+# gmm8-diffusion: its own DDPMScheduler (ancestral, "leading" spacing) with 100 of the 1000 steps, to keep the test short.
+DIFFUSION = ("gmm8-diffusion", "diffusion", 100)
+
+
+@pytest.mark.slow
+def test_gmm8_diffusion_draws_mean_and_sliced_wasserstein() -> None:
+    """The per-pixel means within 3 SE and the SW distance within 1.5 × the floor.
+    Measured: see the printed line and the report of issue 11."""
+    figures = gmm8_figures(*DIFFUSION)
+    assert figures["z_mean"] < 3.0, figures
+    assert figures["sw"] < 1.5 * figures["floor"], figures
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the shipped gmm8-diffusion under-disperses: per-pixel std about 4 % low (mean z of the std -1.9 "
+                          "at 200 steps, -2.3 at 50 DDIM steps; max |z| 6.5-9.2, 21-53 of 64 pixels beyond 3 SE at n = 1000): "
+                          "the network's own error (its denoiser's excess MSE is 1-6 % of the MMSE), not the sampler "
+                          "(prior.sample is diffusers' DDPMPipeline draw for draw)")
+def test_gmm8_diffusion_draws_per_pixel_std() -> None:
+    assert gmm8_figures(*DIFFUSION)["z_std"] < 3.0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the shipped gmm8-cm is a poor sampler from pure noise: one step gives max |z| 28.8 (mean) and 46.9 "
+                          "(std, over-dispersed), SW 7.1 x the floor; 2, 5 and 20 steps do not fix it (SW 4.3, 4.1, 5.3 x). "
+                          "Distilled in 600 steps for LATINO's moderate noise levels; prior.sample is diffusers' "
+                          "ConsistencyModelPipeline draw for draw")
+def test_gmm8_cm_draws_match_the_mixture() -> None:
+    figures = gmm8_figures("gmm8-cm", "consistency", None)
+    assert figures["z_mean"] < 3.0 and figures["z_std"] < 3.0 and figures["sw"] < 1.5 * figures["floor"], figures
