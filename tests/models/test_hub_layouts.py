@@ -165,3 +165,38 @@ def test_hub_id_resolves_through_the_local_cache(hub_layouts, monkeypatch) -> No
     assert prior.img_shape == (3, 32, 32) and "snapshots" in str(prior.unet.config._name_or_path)
     for a, b in zip(prior.unet.parameters(), direct.unet.parameters()):
         assert a.data_ptr() != b.data_ptr() and bool((a == b).all())
+
+
+def test_sizes_are_checked_before_any_weight_is_read(hub_layouts, tmp_path: Path) -> None:
+    """With unreadable weights, a bad image size or class label is still the error: only JSON was read."""
+    from uqcampaign.kernels.errors import UQError
+    from uqcampaign.kernels.priors.registry import build_prior
+
+    folder = tmp_path / "cm-class"
+    shutil.copytree(hub_layouts["cm-class"], folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    for spec, fragment in (({"image_size": 31, "class_label": 1}, "H = 31"), ({}, "add class_label"),
+                           ({"class_label": 1}, "cannot load unet")):
+        with pytest.raises(UQError) as info:
+            build_prior({"kind": "consistency", "path": str(folder), **spec})
+        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_range_sources_and_support(hub_layouts) -> None:
+    """Where data_range comes from (recorded in describe()) and the support box it gives in campaign units."""
+    from uqcampaign.kernels.priors.registry import build_prior
+
+    repo = Path(__file__).resolve().parents[2]
+    hub = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddpm"])})
+    assert hub.describe()["data_range_from"] == "scheduler clip_sample_range" and hub.support() == (-1.0, 2.0)
+    shipped = build_prior({"kind": "diffusion", "path": "priors/gmm8-diffusion"}, repo)
+    assert shipped.describe()["data_range_from"] == "training.json" and shipped.pixel_range.identity
+    assert shipped.support() == (-1.0, 2.0)
+    units255 = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddpm"]), "image_range": [0, 255]})
+    assert units255.support() == (-255.0, 510.0) and units255.pixel_range.scale == pytest.approx(2 / 255)
+    bare = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddpm"] / "unet"), "data_range": [0, 1],
+                        "scheduler": str(hub_layouts["ddpm"] / "scheduler")})
+    assert bare.describe()["data_range_from"] == "prior spec" and bare.pixel_range.identity
+    assert bare.describe()["pipeline"] == "bare UNet2DModel"
+    lcm = build_prior({"kind": "latent-consistency", "path": "priors/digits16-lcm"}, repo)
+    assert lcm.describe()["data_range"] == [-1.0, 1.0] and lcm.support() == (-1.0, 2.0)
