@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned,realistic]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned,realistic,sampling]``
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ SECTIONS = {
     "cluster": "bench_cluster.py",
     "learned": "bench_learned.py",
     "realistic": "bench_realistic.py",
+    "sampling": "bench_prior_sampling.py",
 }
 
 
