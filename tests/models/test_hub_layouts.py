@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import pytest
 import yaml
 import zarr
@@ -200,3 +201,38 @@ def test_range_sources_and_support(hub_layouts) -> None:
     assert bare.describe()["pipeline"] == "bare UNet2DModel"
     lcm = build_prior({"kind": "latent-consistency", "path": "priors/digits16-lcm"}, repo)
     assert lcm.describe()["data_range"] == [-1.0, 1.0] and lcm.support() == (-1.0, 2.0)
+
+
+def test_clip_sample_is_honoured_in_network_units(hub_layouts) -> None:
+    """clip_sample: true clamps x̂_0 to [-1, 1] in network units, i.e. [0, 1] in campaign units; false does not."""
+    from uqcampaign.kernels.priors.registry import build_prior
+
+    x_t = 50.0 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    clipped = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddpm"])})
+    unclipped = build_prior({"kind": "diffusion", "path": str(hub_layouts["ddpm"]), "scheduler": {"class": "DDPMScheduler", "clip_sample": False}})
+    with torch.no_grad():
+        a, b = clipped.denoise(x_t, 999), unclipped.denoise(x_t, 999)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0 and (a == 0).any() and (a == 1).any()
+    assert float(b.abs().max()) > 10.0  # x̂_0 at t = 999 amplified by 1/sqrt(ᾱ) (the issue's ±790 on hub models)
+    torch.testing.assert_close(a, b.clamp(0, 1))
+
+
+@pytest.mark.parametrize("layout, spec", [("sdxl", {"guidance_scale": 2.0}), ("sd15", {"lora": "sd15-lora", "guidance_scale": 1.5}),
+                                          ("lcm", {"guidance_scale": 2.0})])
+def test_condition_argument_is_differentiable(hub_layouts, layout: str, spec: dict) -> None:
+    """consistency(z_t, t, condition): the prior's own condition gives the same map; gradients reach the embedding
+    (a tensor for SD/LCM, the pair (embeds, pooled) for SDXL), with classifier-free guidance too."""
+    from uqcampaign.kernels.priors.registry import build_prior
+
+    path = hub_layouts[layout]
+    extra = {key: str(path.parent / value) if key == "lora" else value for key, value in spec.items()}
+    prior = build_prior({"kind": "latent-consistency", "path": str(path), **extra})
+    z = torch.randn(3, *prior.latent_shape, generator=torch.Generator().manual_seed(0))
+    own = prior.consistency(z, 500)
+    condition = tuple(c.clone().requires_grad_(True) for c in prior.condition) if isinstance(prior.condition, tuple) \
+        else prior.condition.clone().requires_grad_(True)
+    out = prior.consistency(z, 500, condition=condition)
+    torch.testing.assert_close(out, own)
+    grads = torch.autograd.grad(out.square().sum(), condition if isinstance(condition, tuple) else (condition,))
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert (layout == "sdxl") == isinstance(prior.condition, tuple)
