@@ -246,13 +246,12 @@ def check_component_class(folder: Path, sub: str, config_name: str, kind: str, a
 
 
 def _variant_of(name: str, stem: str) -> str | None:
-    """``fp16`` of ``diffusion_pytorch_model.fp16.safetensors`` (None for the plain file)."""
+    """``fp16`` of ``diffusion_pytorch_model.fp16.safetensors`` or ``….safetensors.index.fp16.json`` (None: no variant)."""
     rest = name[len(stem) + 1:]
     if rest == "safetensors" or rest.startswith("safetensors.index"):
         parts = rest.split(".")
         return parts[2] if len(parts) == 4 else None
-    head = rest.split(".")[0].split("-")[0]
-    return head or None
+    return rest.split(".")[0] or None
 
 
 def check_weights(component_dir: Path, library: str, kind: str, variant: str | None) -> None:
@@ -264,7 +263,9 @@ def check_weights(component_dir: Path, library: str, kind: str, variant: str | N
     if any((component_dir / name).is_file() for name in wanted):
         return
     files = sorted(p.name for p in component_dir.iterdir() if p.is_file()) if component_dir.is_dir() else []
-    safe = [name for name in files if name.startswith(stem) and (name.endswith(".safetensors") or name.endswith(".json") and ".safetensors.index" in name)]
+    # single files and shard indexes (shards themselves, *-00001-of-00002.safetensors, name no variant of their own)
+    safe = [name for name in files if name.startswith(stem) and "-of-" not in name
+            and (name.endswith(".safetensors") or name.endswith(".json") and ".safetensors.index" in name)]
     if safe:
         found = sorted({str(_variant_of(name, stem)) for name in safe})
         fix = ("remove 'variant'" if "None" in found else f"set variant: {found[0]}") if variant is not None else f"set variant: {found[0]}"
