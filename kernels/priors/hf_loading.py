@@ -222,11 +222,19 @@ def open_model_folder(spec: Mapping[str, Any], root: Path | str | None, kind: st
     if (folder / "config.json").is_file():
         config = read_json(folder / "config.json", f"prior {kind!r}")
         name = config.get("_class_name") or (config.get("architectures") or [None])[0]
-        require(name in bare, f"prior {kind!r}: {str(folder)!r} is a bare {name!r} model folder (no model_index.json); "
-                              + (f"kind {kind} takes a bare {' or '.join(bare)} folder with a 'scheduler' key, or a pipeline folder"
-                                 if bare else f"give the pipeline folder ({', '.join(accepted)}) as 'path'"
-                                 + (" and this folder as 'unet'" if name == "UNet2DConditionModel" else "")))
+        if name not in bare:
+            if bare:
+                fix = f"kind {kind} takes a bare {' or '.join(bare)} folder with a 'scheduler' key, or a pipeline folder"
+            else:
+                fix = f"give the pipeline folder ({', '.join(accepted)}) as 'path'"
+                if name == "UNet2DConditionModel":
+                    fix += " and this folder as 'unet'"
+            raise UQError(f"prior {kind!r}: {str(folder)!r} is a bare {name!r} model folder (no model_index.json); {fix}")
         return ModelFolder(folder, None, {}, str(name))
+    repos = sorted(p.name for p in folder.glob("models--*") if p.is_dir())
+    if repos:
+        raise UQError(f"prior {kind!r}: {str(folder)!r} is a hub cache; set 'path' to one of its repo folders "
+                      f"({', '.join(repos[:5])}) or give the hub id ORG/NAME")
     if (folder / "snapshots").is_dir():
         raise UQError(f"prior {kind!r}: {str(folder)!r} looks like a hub-cache folder but is not named models--ORG--NAME; "
                       f"set 'path' to one of its snapshots/<rev> folders")
