@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 
 __all__ = ["app", "main"]
 
-console = Console()
+console = Console(soft_wrap=True)  # results are not wrapped: a long path stays on one line
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 

@@ -5,7 +5,8 @@ prior, operator and sampler are built and checked, and *before* the measurements
 or read, the store is created, or any chain tensor is allocated. A worker holds, per unit:
 
 * the chunk buffer ``(chunks.chains, chunks.draws, C, H, W)`` float32 where the draws wait for
-  their Zarr write, and the host copy of it that Zarr encodes when it writes (one more chunk);
+  their Zarr write, and what Zarr makes of it while it writes: the serialised bytes and their
+  compressed copy (two more chunks; measured, ``tests/pipeline/test_preflight.py``);
 * the sampler's state: ``STATE_COPIES`` float32 copies of ``(chunks.chains, C, H, W)``, which
   the sampler names (:meth:`~uqcampaign.kernels.samplers.base.ConfiguredSampler.state_size`;
   the ``exact`` sampler adds its ``(d × d)`` posterior matrices); network activations are not
@@ -61,7 +62,7 @@ class Footprint:
     """What one campaign needs, in bytes, and the parts it is the sum of.
 
     Per worker: ``chunk_buffer`` (one unit's ``(chunks.chains, chunks.draws, C, H, W)`` float32),
-    ``chunk_write`` (the copy Zarr encodes), ``sampler_state`` (``state_what`` says which
+    ``chunk_write`` (Zarr's serialised and compressed copies while it writes a chunk), ``sampler_state`` (``state_what`` says which
     tensors), ``prior``, ``operator``. ``chains``: per measurement. Store: ``samples``, ``measurements`` (``y``, truth),
     ``summary``. ``nfe_per_draw``/``nfe_per_unit``: network calls per chain.
     """
@@ -111,7 +112,7 @@ class Footprint:
         """The per-worker sum, spelled out."""
         buffer = f"({self.chains_per_unit}, {self.draws_per_chunk}, {', '.join(map(str, self.img_shape))})"
         return (
-            f"chunk buffer {buffer} float32 {human_bytes(self.chunk_buffer)} + its write copy {human_bytes(self.chunk_write)} + "
+            f"chunk buffer {buffer} float32 {human_bytes(self.chunk_buffer)} + Zarr's 2 copies as it writes {human_bytes(self.chunk_write)} + "
             f"{self.sampler} state {human_bytes(self.sampler_state)} [{self.state_what}] + prior {human_bytes(self.prior)} + "
             f"operator {human_bytes(self.operator)}"
         )
@@ -176,7 +177,7 @@ def footprint(
         obs_shape=tuple(obs_shape),
         sampler=str(getattr(sampler, "kind", "?")),
         chunk_buffer=chunk,
-        chunk_write=chunk,
+        chunk_write=2 * chunk,
         sampler_state=state.bytes,
         state_what=state.what,
         prior=int(prior_bytes),
@@ -250,7 +251,7 @@ def _memory_fix(fp: Footprint, budget: Budget, sampler: Any, prior_description: 
     fixed = fp.prior + fp.operator
 
     def need(chains: int, draws: int) -> int:
-        return 2 * chains * draws * image * FLOAT32 + sampler.state_size(chains, fp.img_shape, prior_description).bytes + fixed
+        return 3 * chains * draws * image * FLOAT32 + sampler.state_size(chains, fp.img_shape, prior_description).bytes + fixed
 
     draws = _largest(lambda d: need(fp.chains_per_unit, d) <= per_worker, fp.draws_per_chunk)
     more = " or fewer workers (--workers)" if budget.workers > 1 else ""

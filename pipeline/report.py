@@ -274,7 +274,7 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
 
     clean = [{key: plain(value) for key, value in row.items()} for row in rows]
     if fmt == "json":
-        return json.dumps(clean, indent=2, allow_nan=False) + "\n"
+        return json.dumps(clean, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     if fmt == "csv":
         fields = list(dict.fromkeys(key for row in clean for key in row))
         out = io.StringIO()
