@@ -219,7 +219,7 @@ def report_lines(result: Validation, source: str) -> list[str]:
         f"operator:  {describe['operator']}",
         f"prior:     {describe['prior']}",
         f"sampler:   {describe['sampler']}",
-        f"units:     {fp.n_units} ({fp.n_measurements} measurements x {blocks} chain blocks of up to {fp.chains_per_unit} chains); "
+        f"units:     {fp.n_units} ({fp.n_measurements} measurements x {blocks} chain block{'s' if blocks > 1 else ''} of up to {fp.chains_per_unit} chains); "
         f"{campaign.chains} chains x {campaign.draws} draws per measurement, chunks of {fp.chains_per_unit} chains x {fp.draws_per_chunk} draws",
         f"store:     {human_bytes(fp.store)} uncompressed ({fp.store_parts()}) at {result.store_state}",
         f"memory:    {human_bytes(fp.worker)} per worker ({fp.worker_parts()}); network activations not counted, "
