@@ -453,7 +453,8 @@ def load_campaign(path: str | Path) -> Campaign:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UQError(f"{where}: invalid YAML: {problem}") from None
     if raw is None:
-        required = ", ".join(name for name, field in Campaign.model_fields.items() if field.is_required())
+        # chunks is filled in by Campaign._default_chunks when absent
+        required = ", ".join(name for name, field in Campaign.model_fields.items() if field.is_required() and name != "chunks")
         raise UQError(f"{path}: the file is empty; a campaign needs the keys {required} (`uqc kinds` lists the operator, prior and sampler kinds)")
     problems: list[Problem] = [
         (second, f"{path}:{second}: key '{key}' is given twice (lines {first} and {second}); keep one")

@@ -161,4 +161,4 @@ def test_empty_campaign_names_the_keys_and_no_document(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("")
     result = runner.invoke(app, ["run", str(tmp_path / "c.yaml")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "name, store, data, operator, noise, prior, sampler, chains, draws" in result.stderr and "DESIGN" not in result.stderr
+    assert "the keys name, store, data, operator, noise, prior, sampler, chains, draws (" in result.stderr and "DESIGN" not in result.stderr
