@@ -23,7 +23,7 @@ import torch
 
 from uqcampaign.kernels.rng import unit_generator
 from uqcampaign.pipeline.config import Campaign
-from uqcampaign.pipeline.store import UnitStats, mark_done, open_store, write_draw_block, write_unit_stats
+from uqcampaign.pipeline.store import UnitStats, mark_done, obs_array, open_store, write_draw_block, write_unit_stats
 
 __all__ = ["Unit", "UnitStats", "count_measurements", "plan_units", "pending_units", "run_unit", "load_components", "default_worker_name"]
 
@@ -101,7 +101,7 @@ def run_unit(
     Otherwise the stats are also written to the store's ``units/`` group. ``on_chunk`` (if
     given) is called with the number of chain-draws of each chunk as it is computed.
     """
-    group = open_store(store, mode="r+")
+    group = open_store(store, mode="r+", storage_options=campaign.storage_options)
     m, chains = unit.measurement, campaign.block_chains(unit.block)
     n_chains = chains.stop - chains.start
     already = int(np.asarray(group["draws_done"][m, chains]).min())
@@ -111,7 +111,7 @@ def run_unit(
 
     start = time.perf_counter()
     prior, operator, sampler = load_components(campaign, prior, operator, device)
-    y = torch.as_tensor(np.asarray(group["y"][m]), dtype=torch.float32, device=device)  # (*obs_shape)
+    y = torch.as_tensor(np.asarray(obs_array(group)[m]), dtype=torch.float32, device=device)  # (*obs_shape)
     generator = unit_generator(campaign.seed, m, unit.block, device)
     chunks = campaign.draw_chunks()
     # (chain, draw, C, H, W) on the sampler's device: one host transfer per chunk, not a sync per draw
