@@ -127,9 +127,10 @@ def run_unit(
         if chunk.stop > already:  # a done chunk was recomputed only to move the chain on
             write_draw_block(group, m, chains, chunk, buffer[:, : chunk.stop - chunk.start].cpu().numpy())
             mark_done(group, m, chains, chunk.stop)
-            written += chunk.stop - chunk.start
+            new = chunk.stop - max(chunk.start, already)  # a grown partial chunk is rewritten with its done draws
+            written += new
             if on_chunk is not None:
-                on_chunk(n_chains * (chunk.stop - chunk.start))
+                on_chunk(n_chains * new)
         k += 1
         if k == len(chunks):
             break
