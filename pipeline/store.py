@@ -90,6 +90,7 @@ __all__ = [
     "check_layout",
     "obs_array",
     "obs_dim_names",
+    "DrawWriter",
     "write_draw_block",
     "mark_done",
     "draws_done",
@@ -542,22 +543,46 @@ def draws_done(store: Any) -> np.ndarray:
         return np.asarray(group["draws_done"][...])
 
 
-def _check_aligned(group: zarr.Group, chains: slice, draws: slice) -> None:
-    """A write must cover exactly one chunk (so that no two units touch the same chunk)."""
-    arr = group["samples"]
-    _, n_chains, n_draws = arr.shape[:3]
-    _, cc, cd = arr.chunks[:3]
-    ok = (
-        chains.start % cc == 0
-        and chains.stop == min(chains.start + cc, n_chains)
-        and draws.start % cd == 0
-        and draws.stop == min(draws.start + cd, n_draws)
-    )
-    if not ok:
-        raise UQError(
-            f"write of chains {chains.start}:{chains.stop}, draws {draws.start}:{draws.stop} is not one chunk "
-            f"of {cc} chains x {cd} draws; write whole chunks"
+class DrawWriter:
+    """The two arrays a work unit writes, ``samples`` and ``draws_done``, opened once (on object
+    storage every array lookup is a request)."""
+
+    def __init__(self, store: Any) -> None:
+        group = open_store(store, mode="r+")
+        self.location = store_location(group)
+        self.samples = group["samples"]
+        self.draws_done = group["draws_done"]
+
+    def _check_aligned(self, chains: slice, draws: slice) -> None:
+        """A write must cover exactly one chunk (so that no two units touch the same chunk)."""
+        _, n_chains, n_draws = self.samples.shape[:3]
+        _, cc, cd = self.samples.chunks[:3]
+        ok = (
+            chains.start % cc == 0
+            and chains.stop == min(chains.start + cc, n_chains)
+            and draws.start % cd == 0
+            and draws.stop == min(draws.start + cd, n_draws)
         )
+        if not ok:
+            raise UQError(
+                f"write of chains {chains.start}:{chains.stop}, draws {draws.start}:{draws.stop} is not one chunk "
+                f"of {cc} chains x {cd} draws; write whole chunks"
+            )
+
+    def write(self, measurement: int, chains: slice, draws: slice, array: np.ndarray) -> None:
+        """See :func:`write_draw_block`."""
+        self._check_aligned(chains, draws)
+        where = f"samples[{measurement}, {chains.start}:{chains.stop}, {draws.start}:{draws.stop}]"
+        with io_errors(self.location, f"write {where}"):
+            done = np.asarray(self.draws_done[measurement, chains])
+            if done.size and int(done.min()) >= draws.stop:
+                raise UQError(f"{self.location}: {where} is already done; a finished chunk is never rewritten")
+            self.samples[measurement, chains, draws] = np.asarray(array, dtype=np.float32)
+
+    def mark_done(self, measurement: int, chains: slice, n_draws: int) -> None:
+        """See :func:`mark_done`."""
+        with io_errors(self.location, f"write draws_done[{measurement}, {chains.start}:{chains.stop}]"):
+            self.draws_done[measurement, chains] = np.full(chains.stop - chains.start, n_draws, dtype=np.int32)
 
 
 def write_draw_block(store: Any, measurement: int, chains: slice, draws: slice, array: np.ndarray) -> None:
@@ -567,23 +592,12 @@ def write_draw_block(store: Any, measurement: int, chains: slice, draws: slice, 
     rewritten. (The last, partial draw chunk of a campaign whose draws grow is written again,
     its done draws with the same values.) Call :func:`mark_done` after this returns.
     """
-    group = open_store(store, mode="r+")
-    _check_aligned(group, chains, draws)
-    with io_errors(group, f"write samples[{measurement}, {chains.start}:{chains.stop}, {draws.start}:{draws.stop}]"):
-        done = np.asarray(group["draws_done"][measurement, chains])
-        if done.size and int(done.min()) >= draws.stop:
-            raise UQError(
-                f"{store_location(group)}: samples[{measurement}, {chains.start}:{chains.stop}, {draws.start}:{draws.stop}] "
-                "is already done; a finished chunk is never rewritten"
-            )
-        group["samples"][measurement, chains, draws] = np.asarray(array, dtype=np.float32)
+    DrawWriter(store).write(measurement, chains, draws, array)
 
 
 def mark_done(store: Any, measurement: int, chains: slice, n_draws: int) -> None:
     """Record that chains ``chains`` of ``measurement`` have their first ``n_draws`` draws stored."""
-    group = open_store(store, mode="r+")
-    with io_errors(group, f"write draws_done[{measurement}, {chains.start}:{chains.stop}]"):
-        group["draws_done"][measurement, chains] = np.full(chains.stop - chains.start, n_draws, dtype=np.int32)
+    DrawWriter(store).mark_done(measurement, chains, n_draws)
 
 
 def write_unit_stats(store: Any, stats: UnitStats) -> None:
