@@ -52,8 +52,10 @@ def s3_endpoint() -> Iterator[str]:
             mp.setenv(key, value)
         import s3fs
 
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
+        s3fs.S3FileSystem.clear_instance_cache()  # an instance cached for another endpoint must not be reused
+        s3fs.S3FileSystem().mkdir(BUCKET)
         yield endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
 
 
