@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.cli import app
 from uqcampaign.pipeline.config import load_campaign
-from uqcampaign.pipeline.export import export_store
 from uqcampaign.pipeline.reduce import reduce_store
 from uqcampaign.pipeline.report import report_rows
 from uqcampaign.pipeline.runner import prepare_store, run_campaign
@@ -55,6 +54,8 @@ def test_export_is_read_by_arviz_and_summarised_like_summary(write_campaign, tmp
 
 
 def test_export_of_every_measurement_and_bad_inputs(write_campaign, tmp_path: Path) -> None:
+    from uqcampaign.pipeline.export import export_store
+
     store = _reduced_store(write_campaign)
     path = export_store(store, tmp_path / "all.nc")
     data = az.from_netcdf(path)
@@ -76,6 +77,8 @@ def test_export_of_every_measurement_and_bad_inputs(write_campaign, tmp_path: Pa
 
 def test_legacy_layout_is_read_and_not_extended(write_campaign, tmp_path: Path) -> None:
     """A store written by uqcampaign 0.1 (measurements in `y`, dict attrs, no coordinates)."""
+    from uqcampaign.pipeline.export import export_store
+
     campaign = load_campaign(write_campaign())
     run_campaign(campaign, progress=False)
     legacy = zarr.open_group(campaign.store_location, mode="r+", use_consolidated=False)

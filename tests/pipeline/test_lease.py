@@ -16,9 +16,7 @@ import pytest
 import zarr
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.pipeline import lease as lease_module
 from uqcampaign.pipeline.config import load_campaign
-from uqcampaign.pipeline.lease import current_holder, hold_lease
 from uqcampaign.pipeline.reduce import reduce_store
 from uqcampaign.pipeline.runner import run_campaign
 
@@ -70,6 +68,9 @@ def _lease_file(store: Path, generation: int, **fields) -> None:
 
 
 def test_stale_leases_are_taken_over_and_live_ones_named(tmp_path: Path) -> None:
+    from uqcampaign.pipeline import lease as lease_module
+    from uqcampaign.pipeline.lease import current_holder, hold_lease
+
     store = tmp_path / "s.zarr"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     _lease_file(store, 3, pid=int(gone))  # a killed run on this host: taken over at once
@@ -88,6 +89,8 @@ def test_stale_leases_are_taken_over_and_live_ones_named(tmp_path: Path) -> None
 
 
 def test_reduce_is_refused_while_a_run_holds_the_store(write_campaign) -> None:
+    from uqcampaign.pipeline.lease import hold_lease
+
     campaign = load_campaign(write_campaign())
     run_campaign(campaign, progress=False)
     with hold_lease(campaign.store_location, "run"):
@@ -99,6 +102,9 @@ def test_reduce_is_refused_while_a_run_holds_the_store(write_campaign) -> None:
 
 
 def test_a_holder_whose_lease_was_taken_over_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uqcampaign.pipeline import lease as lease_module
+    from uqcampaign.pipeline.lease import hold_lease
+
     monkeypatch.setattr(lease_module, "HEARTBEAT_S", 0.05)
     store = tmp_path / "s.zarr"
     with hold_lease(store, "run") as lease:

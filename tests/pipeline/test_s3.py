@@ -23,12 +23,9 @@ import zarr
 
 from uqcampaign.pipeline import reduce as reduce_module
 from uqcampaign.pipeline.config import load_campaign
-from uqcampaign.pipeline.export import export_store
-from uqcampaign.pipeline.location import Location
 from uqcampaign.pipeline.reduce import reduce_store
 from uqcampaign.pipeline.runner import run_campaign
 from uqcampaign.pipeline.store import open_store
-from uqcampaign.pipeline.summary import SUMMARY_NEW, readable_summary, recover_summary
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -75,9 +72,15 @@ def _campaign_file(folder: Path, store: str, endpoint: str | None) -> Path:
     return path
 
 
+def _fs(url: str) -> tuple:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
 def _objects(url: str) -> dict[str, str]:
     """``{key: ETag}`` of every object under ``url``."""
-    fs, root = Location(url).fs()
+    fs, root = _fs(url)
     fs.invalidate_cache()
     return {path: fs.info(path)["ETag"] for path in fs.find(root)}
 
@@ -89,7 +92,7 @@ def test_s3_campaign_killed_resumed_reduced_exported_equals_local_disk(s3_endpoi
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen([sys.executable, "-m", "uqcampaign.pipeline.cli", "run", str(path), "--in-process", "--no-progress"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    fs, root = Location(url).fs()
+    fs, root = _fs(url)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:  # one HEAD per poll: the first chunk of draws_done
         fs.invalidate_cache()
@@ -128,6 +131,10 @@ def test_s3_campaign_killed_resumed_reduced_exported_equals_local_disk(s3_endpoi
         assert s3_root[name][...].tobytes() == local_root[name][...].tobytes(), name
     for name in ("mean", "std", "rhat", "ess_bulk", "chi2_draws", "draws_done"):
         np.testing.assert_array_equal(summary[name][...], local_summary[name][...], err_msg=name)
+
+    from uqcampaign.pipeline.export import export_store
+    from uqcampaign.pipeline.location import Location
+    from uqcampaign.pipeline.summary import SUMMARY_NEW, readable_summary, recover_summary
 
     data = az.from_netcdf(export_store(url, tmp_path / "posterior.nc", measurement=1))
     np.testing.assert_array_equal(data.posterior["samples"].values, local_root["samples"][1].astype(np.float64))
