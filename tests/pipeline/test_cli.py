@@ -110,7 +110,7 @@ def test_store_of_another_campaign(write_campaign) -> None:
     assert "seed 3 -> 9" in line  # the key that differs
     line = _one_line_error(["run", str(second), "--in-process", "--force", "--no-progress"])  # --force alone deletes no draws
     assert "--force would delete the 84 chain-draws of campaign 'first'" in line and "add --delete-draws to confirm" in line
-    assert load_campaign(second) and runner.invoke(app, ["inspect", str(second.parent / "store.zarr")]).stdout.count("campaign: first") == 1
+    assert "campaign: first" in runner.invoke(app, ["inspect", str(second.parent / "store.zarr")]).stdout  # kept
     result = runner.invoke(app, ["run", str(second), "--in-process", "--force", "--delete-draws", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "--force --delete-draws: removing" in result.stderr and "campaign 'first'" in result.stderr
