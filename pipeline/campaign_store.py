@@ -31,6 +31,7 @@ from uqcampaign.pipeline.store import (
     Sizes,
     StoreLayout,
     check_chain_growth,
+    check_layout,
     create_store,
     existing_store_info,
     grow_store,
@@ -151,6 +152,8 @@ def create_or_open(
             location.remove_all_but({LEASE_DIR})
         return create_store(campaign, new_layout, location), messages
 
+    if attrs.get("layout") is not None:
+        check_layout(group)  # a store of a newer uqcampaign is refused outright
     stored = store_sizes(group)
     reasons: list[str] = []
     if attrs.get("layout") is None:

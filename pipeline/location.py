@@ -144,8 +144,10 @@ class Location:
     # -- small objects -----------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
         fs, _ = self.fs()
+        target = self.join(*parts)
         with io_errors(self, "read the store"):
-            return bool(fs.exists(self.join(*parts)))
+            fs.invalidate_cache(target)  # s3fs caches listings: another process may have written since
+            return bool(fs.exists(target))
 
     def read_bytes(self, *parts: str) -> bytes | None:
         """The object's bytes, None when it is absent."""
@@ -203,6 +205,7 @@ class Location:
         """Names directly under the folder ``parts`` ([] when absent)."""
         fs, _ = self.fs()
         folder = self.join(*parts)
+        fs.invalidate_cache(folder)  # see exists()
         try:
             entries = fs.ls(folder, detail=False)
         except FileNotFoundError:

@@ -211,7 +211,8 @@ def is_legacy(group: zarr.Group) -> bool:
 
 
 def check_layout(group: zarr.Group) -> None:
-    """UQError unless the store has this version's layout (``run`` extends only those)."""
+    """UQError unless the store has this version's layout (``run`` extends only those; layout 1 is
+    read by the other commands)."""
     layout = group.attrs.get("layout")
     if layout == LAYOUT_VERSION:
         return

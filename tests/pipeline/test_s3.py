@@ -148,6 +148,9 @@ def test_s3_campaign_killed_resumed_reduced_exported_equals_local_disk(s3_endpoi
     assert recover_summary(root).startswith("finished the swap")  # the next writer copies it over, zarr.json last
     assert readable_summary(root) == "summary" and not location.exists(SUMMARY_NEW)
     assert zarr.open_group(url, path="summary", mode="r", use_consolidated=False)["ci_lower"].attrs["level"] == 0.5
+    # the lease's exclusive create: If-None-Match on S3, one winner
+    assert location.create_exclusive(b"first", ".probe") and not location.create_exclusive(b"second", ".probe")
+    assert location.read_bytes(".probe") == b"first"
 
 
 MISSING_S3FS = "import sys; sys.modules['s3fs'] = None; from uqcampaign.pipeline.cli import app; sys.argv = ['uqc', *sys.argv[1:]]; app()"
