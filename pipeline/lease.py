@@ -205,7 +205,7 @@ def hold_lease(location: Any, command: str, storage_options: Any = None) -> Iter
     """
     location = Location.of(location, storage_options)
     existed = location.exists()
-    action = "write the store's lease" if existed else "create the store"
+    action = f"write to the store (`uqc {command}` keeps its lease and results there)" if existed else "create the store"
     with io_errors(location, action):
         lease = _acquire(location, command)
     try:
