@@ -104,7 +104,7 @@ def test_skrock_against_exact_posterior(operator_kind, box_rule):
     delta = build_sampler(spec).parameters(problem.operator, problem.prior, problem.sigma).delta
     burn_in = math.ceil(RELAXATIONS * _slowest_variance(problem) / delta)
     sampler = build_sampler({**spec, "burn_in": burn_in, "thin": 1})
-    draw = next(iter(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, 512, 1, torch.Generator().manual_seed(0))))
+    draw = next(iter(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, 512, 1, torch.Generator().manual_seed(1))))
     score = score_samples(problem, draw.x)
     print(
         f"\n[skrock] gaussian {operator_kind:8s} {box_rule:7s} burn_in = {burn_in} ({draw.nfe} calls)  "
@@ -120,7 +120,8 @@ def _campaign(kind: str, problem, n_chains: int = 32, n_draws: int = 50):
     per_iteration = build_sampler({"kind": kind}).nfe_per_step()
     iterations = BUDGET // per_iteration
     spec = {"kind": kind, "burn_in": iterations // 2, "thin": iterations // 2 // n_draws}
-    draws = list(build_sampler(spec).run(problem.y, problem.operator, problem.prior, problem.sigma, n_chains, n_draws, torch.Generator().manual_seed(0)))
+    # seed 1: score_samples takes its exact reference from seed 0
+    draws = list(build_sampler(spec).run(problem.y, problem.operator, problem.prior, problem.sigma, n_chains, n_draws, torch.Generator().manual_seed(1)))
     return torch.stack([d.x for d in draws], 1), sum(d.nfe for d in draws)
 
 
