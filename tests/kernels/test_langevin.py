@@ -138,7 +138,7 @@ def test_outside_box_is_reported_per_draw(kind, box_rule, problem):
     none = _draws({"kind": kind, "burn_in": 3, "thin": 2, "box": None}, problem, 8, 3)
     for draws in (tight, wide, none):
         assert [sorted(d.info) for d in draws] == [["outside_box"]] * 3
-    assert all(0.2 < d.info["outside_box"] <= 1.0 for d in tight)
+    assert all(0.1 < d.info["outside_box"] <= 1.0 for d in tight)  # measured 0.22–0.83 over kinds, rules and seeds
     assert all(d.info["outside_box"] == 0.0 for d in wide + none)
     if box_rule == "project":
         assert all(bool(((d.x >= 0.45) & (d.x <= 0.55)).all()) for d in tight)
