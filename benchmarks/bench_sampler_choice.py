@@ -10,7 +10,9 @@ per chain, burn-in included:
 * Markov chains (a config with ``burn_in``): half the budget as burn-in, the other half as
   :data:`DRAWS` kept draws (``thin`` = the rest over ``DRAWS``), default starts (prior draws);
 * samplers whose draws are independent runs (``dps``, ``latino``, SMC): ``budget // nfe_per_draw``
-  draws per chain (at least 4); ``exact`` makes no network call and draws :data:`DRAWS`.
+  draws per chain, at least 4 and at most :data:`DRAWS` (their error is bias, which more draws do
+  not remove; LATINO's prox costs more than its network call on ``cs``); ``exact`` makes no
+  network call and draws :data:`DRAWS`.
 
 Figures per row: network calls per draw (steady state); network calls and seconds per bulk ESS
 (total calls of all chains, and wall time of the run, over the smallest bulk ESS over pixels, from
@@ -23,6 +25,7 @@ in :func:`plan`).
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -90,7 +93,7 @@ def plan(spec: dict[str, Any], budget: int) -> tuple[dict[str, Any], int]:
         steps = int(budget // per_step)
         draws = min(DRAWS, max(4, steps // 2))
         return {**spec, "burn_in": steps - (steps // 2 // draws) * draws, "thin": steps // 2 // draws}, draws
-    return spec, max(4, int(budget // per_draw))
+    return spec, max(4, min(DRAWS, int(budget // per_draw)))
 
 
 def measure(spec: dict[str, Any], prior: str, operator: str, shape: tuple[int, int, int], budget: int = BUDGET, chains: int = CHAINS) -> Row:
@@ -133,7 +136,10 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 def section(quick: bool = False) -> str:
     """The Markdown section for BENCHMARKS.md."""
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
     rows = measure_all(quick)
+    minutes = (time.perf_counter() - start) / 60
     budget = 200 if quick else BUDGET
     settings = "; ".join(
         f"`{s['kind']}` " + (", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in build_sampler(s).describe().items() if k != "kind") or "-")
@@ -144,12 +150,13 @@ def section(quick: bool = False) -> str:
         f"`python benchmarks/bench_sampler_choice.py`{' --quick (smoke run: figures not meaningful)' if quick else ''}: "
         f"exact problems of `kernels.problems.random_problem` (seed {SEED}, σ = 0.05, float64), {CHAINS} chains, a budget of "
         f"{budget:,} network calls per chain (burn-in included; Markov chains: half burn-in, then {DRAWS} kept draws; "
-        "independent-run samplers: budget ÷ calls per draw draws). Calls/draw: network (denoiser) calls per kept draw and chain "
+        f"independent-run samplers: budget ÷ calls per draw draws, 4 to {DRAWS}). Calls/draw: network (denoiser) calls per kept draw and chain "
         "in the steady state (Markov chains: thin × calls per iteration, 1 for ULA, `stages` for SK-ROCK; DPS: each call also "
         "a backward pass). Calls/ESS and s/ESS: network calls of all chains and wall seconds of the run "
         "(CPU, 1 torch thread) over the smallest bulk ESS over pixels (`pipeline.diagnostics`, = ArviZ). SW/floor and "
         "mass90: all kept draws against the exact posterior (issue 3's band: ≤ 2 and 0.86–0.94). Settings: "
-        f"{settings}.\n",
+        f"{settings}. The table took {minutes:.1f} min (load average {load:.1f} on {os.cpu_count()} cores at the start: "
+        "seconds are inflated on a shared machine, network calls are not).\n",
         "Medians over the problems below:\n",
         "| sampler | calls/draw | calls/ESS | s/ESS | SW/floor | mass90 | problems with SW ≤ 2 and mass in band |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
