@@ -15,7 +15,7 @@ per chain, burn-in included:
   network call and draws :data:`DRAWS`.
 
 Figures per row: network calls per draw (steady state); network calls and seconds per bulk ESS
-(total calls of all chains, and wall time of the run, over the smallest bulk ESS over pixels, from
+(total calls of all chains, and CPU seconds of the run, over the smallest bulk ESS over pixels, from
 ``uqcampaign.pipeline.diagnostics`` = ArviZ); R̂ max over pixels; the sliced-Wasserstein ratio to
 the floor and the exact posterior mass of the 90% intervals of all kept draws
 (``kernels.problems.score_samples``). Another sampler kind becomes rows by adding its spec to
@@ -67,7 +67,7 @@ class Row:
     calls_per_draw: float  # steady state, per kept draw of the run (Markov chains: thin × calls per iteration)
     draws: int  # kept draws per chain
     calls: int  # network calls of all chains
-    seconds: float
+    seconds: float  # CPU seconds of the run
     ess_min: float
     rhat_max: float
     sw_ratio: float
@@ -101,10 +101,10 @@ def measure(spec: dict[str, Any], prior: str, operator: str, shape: tuple[int, i
     problem = random_problem(operator, prior, seed=SEED, img_shape=shape)
     run_spec, n_draws = plan(spec, budget)
     sampler = build_sampler(run_spec)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds of this process (1 torch thread): robust to a shared machine's load
     # seed 1: score_samples draws its exact reference from seed 0, which must not be the exact sampler's stream
     draws = list(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, chains, n_draws, torch.Generator().manual_seed(1)))
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     xs = torch.stack([d.x for d in draws], 1)  # (chain, draw, C, H, W)
     block = xs.reshape(chains, n_draws, -1).permute(2, 0, 1).contiguous().numpy()  # (pixel, chain, draw)
     score = score_samples(problem, xs.reshape(-1, *shape))
@@ -124,7 +124,7 @@ def measure_all(quick: bool = False) -> list[Row]:
         for prior, operator, shape in problems:
             for spec in specs:
                 rows.append(measure(spec, prior, operator, shape, budget))
-                print(f"[bench] {prior} {operator} {shape} {spec['kind']}: {rows[-1].seconds:.1f} s", file=sys.stderr, flush=True)
+                print(f"[bench] {prior} {operator} {shape} {spec['kind']}: {rows[-1].seconds:.1f} CPU s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -152,11 +152,11 @@ def section(quick: bool = False) -> str:
         f"{budget:,} network calls per chain (burn-in included; Markov chains: half burn-in, then {DRAWS} kept draws; "
         f"independent-run samplers: budget ÷ calls per draw draws, 4 to {DRAWS}). Calls/draw: network (denoiser) calls per kept draw and chain "
         "in the steady state (Markov chains: thin × calls per iteration, 1 for ULA, `stages` for SK-ROCK; DPS: each call also "
-        "a backward pass). Calls/ESS and s/ESS: network calls of all chains and wall seconds of the run "
-        "(CPU, 1 torch thread) over the smallest bulk ESS over pixels (`pipeline.diagnostics`, = ArviZ). SW/floor and "
+        "a backward pass). Calls/ESS and s/ESS: network calls of all chains and CPU seconds of the run "
+        "(1 torch thread; CPU time is robust to the load of a shared machine) over the smallest bulk ESS over pixels (`pipeline.diagnostics`, = ArviZ). SW/floor and "
         "mass90: all kept draws against the exact posterior (issue 3's band: ≤ 2 and 0.86–0.94). Settings: "
         f"{settings}. The table took {minutes:.1f} min (load average {load:.1f} on {os.cpu_count()} cores at the start: "
-        "seconds are inflated on a shared machine, network calls are not).\n",
+        "wall time is inflated on a shared machine, CPU seconds and network calls much less).\n",
         "Medians over the problems below:\n",
         "| sampler | calls/draw | calls/ESS | s/ESS | SW/floor | mass90 | problems with SW ≤ 2 and mass in band |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
