@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,learned]``
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 SECTIONS = {
     "samplers": "bench_samplers.py",
+    "sampler_choice": "bench_sampler_choice.py",
     "reduce": "bench_reduce.py",
     "cluster": "bench_cluster.py",
     "learned": "bench_learned.py",

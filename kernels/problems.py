@@ -27,6 +27,7 @@ __all__ = [
     "operator_spec",
     "random_prior",
     "random_problem",
+    "exact_problem",
     "multimodal_problem",
     "score_samples",
 ]
@@ -78,10 +79,12 @@ def random_prior(
     """A random exact prior and its arrays.
 
     ``gaussian``: mean ~ U(0.3, 0.7) per pixel, full covariance
-    ``s² (0.5 K + 0.5 I)`` with ``K`` a squared-exponential kernel (length 1 pixel) and
-    ``s = 0.12`` (eigenvalues in [0.007, 0.04]). ``gmm``: ``components`` diagonal components, weights ~ Dirichlet(4),
-    means = a common U(0.3, 0.7) image plus N(0, 0.06²) offsets (overlapping
-    components, so posteriors keep several of them), per-pixel stds ~ U(0.08, 0.12).
+    ``s² (0.5 K + 0.5 I)`` with ``K`` a squared-exponential kernel (length 1 pixel, none across
+    channels) and ``s = 0.25``: pixel variance ``s² = 0.0625`` (std 0.25), eigenvalues in
+    ``[s²/2, s²(1 + λ_max(K))/2]`` (on 4×4 images 0.032 to 0.17). ``gmm``: ``components``
+    diagonal components, weights ~ Dirichlet(4), means = a common U(0.3, 0.7) image plus
+    N(0, 0.12²) offsets per component and pixel (overlapping components, so posteriors keep
+    several of them), per-pixel stds ~ U(0.15, 0.25).
     """
     require(prior_kind in PROBLEM_PRIOR_KINDS, f"random problems support prior kinds {PROBLEM_PRIOR_KINDS}, got {prior_kind!r}")
     require(isinstance(components, int) and components >= 1, f"components = {components!r} must be an integer >= 1")
@@ -111,6 +114,23 @@ def _measure(operator: LinearOperator, prior: GaussianMixturePrior, seed: int, s
     return x_true[0].to(dtype), y[0].to(dtype)
 
 
+def exact_problem(
+    spec: dict[str, Any],
+    prior: GaussianMixturePrior,
+    arrays: dict[str, np.ndarray],
+    seed: int,
+    sigma: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+) -> Problem:
+    """The exact problem of an operator ``spec`` and a prior: ``x_true ~ prior`` and
+    ``y = A x_true + σ ε`` from ``seed``, the exact posterior in float64; operator and prior cast to ``dtype``."""
+    require(sigma > 0, f"sigma = {sigma!r} must be > 0")
+    operator = build_operator(spec, prior.img_shape)
+    x_true, y = _measure(operator, prior, seed, sigma, dtype)
+    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
+    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, float(sigma), posterior, spec, arrays)
+
+
 def random_problem(
     operator_kind: str,
     prior_kind: str,
@@ -122,16 +142,11 @@ def random_problem(
 ) -> Problem:
     """A random exact problem: prior from :func:`random_prior`, operator from :func:`operator_spec`,
     ``x_true ~ prior``, ``y = A x_true + σ ε``; operator and prior cast to ``dtype``."""
-    require(sigma > 0, f"sigma = {sigma!r} must be > 0")
-    spec = operator_spec(operator_kind, seed, img_shape)
-    operator = build_operator(spec, img_shape)
     prior, arrays = random_prior(prior_kind, seed, img_shape, components)
-    x_true, y = _measure(operator, prior, seed, sigma, dtype)
-    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
-    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, float(sigma), posterior, spec, arrays)
+    return exact_problem(operator_spec(operator_kind, seed, img_shape), prior, arrays, seed, sigma, dtype)
 
 
-def multimodal_problem(dtype: torch.dtype = torch.float64) -> Problem:
+def multimodal_problem(dtype: torch.dtype = torch.float64, centre: float = 0.0) -> Problem:
     """A two-mode GMM posterior that traps PnP-ULA chains (the R̂ fixture).
 
     Images ``(1, 4, 4)``, inpainting of half the pixels (``{kind: inpaint, fraction: 0.5,
@@ -139,27 +154,27 @@ def multimodal_problem(dtype: torch.dtype = torch.float64) -> Problem:
     pixel that agree (mean 0.5) on the observed pixels and differ on the 8 missing ones
     (means +0.4 and −0.4), so the posterior has two modes of weight ≈ 0.5 each, 8 std apart
     per missing pixel (a Mahalanobis distance ≈ 23 between the modes; the log-density at the
-    midpoint is ≈ 8 nats per missing pixel, ≈ 64 nats in all, below the modes).
+    midpoint is ≈ 8 nats per missing pixel, ≈ 64 nats in all, below the modes). ``centre``
+    shifts both modes on the missing pixels (means ``centre ± 0.4``; weights stay ≈ 0.5 each).
 
     What ULA does there: its chains start at ``pinv(y)``, which is 0 on the missing pixels,
     exactly between the modes; the first few Langevin steps push each chain to one mode at
     random (about half the chains each way: 7 of 16 in ``tests/kernels/test_ula.py``) and no
     chain ever crosses afterwards (the barrier is far beyond any run). Each chain alone looks converged; pooled
-    chains cover both modes; between-chain variance is huge: R̂ ≫ 1.
+    chains cover both modes; between-chain variance is huge: R̂ ≫ 1. With ``centre = 0.3`` (modes
+    at 0.7 and −0.1), ``pinv(y)`` lies in the lower mode's basin: every chain started there ends in
+    that mode and R̂ sees nothing, while chains started at prior draws populate both.
     """
     img_shape = (1, 4, 4)
     spec = {"kind": "inpaint", "fraction": 0.5, "seed": 0}
     operator = build_operator(spec, img_shape)
     observed = operator.weights.expand(img_shape).numpy() > 0
-    means = np.stack([np.where(observed, 0.5, 0.4), np.where(observed, 0.5, -0.4)])
+    means = np.stack([np.where(observed, 0.5, centre + 0.4), np.where(observed, 0.5, centre - 0.4)])
     variances = np.full((2, *img_shape), 0.1**2)
     weights = np.array([0.5, 0.5])
     prior = GaussianMixturePrior(weights, means, variances, kind="gmm")
-    sigma = 0.05
-    x_true, y = _measure(operator, prior, 0, sigma, dtype)
-    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
     arrays = {"weights": weights, "means": means, "variances": variances}
-    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, sigma, posterior, spec, arrays)
+    return exact_problem(spec, prior, arrays, 0, 0.05, dtype)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ class GaussianMixturePrior:
             self._coord_vars = eigvals.reshape(1, d)
         self.alphas_cumprod = linear_alphas_cumprod()
         self._source = dict(source) if source is not None else None
+        self._affine: dict[tuple, tuple[Tensor, Tensor]] = {}  # one Gaussian's Tweedie map per (t, dtype, device)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -149,6 +151,8 @@ class GaussianMixturePrior:
         responsibilities ``r_k ∝ w_k N(x_t; sqrt(ᾱ) m_k, s_k)`` (log-sum-exp). Differentiable.
         """
         self._check_images(x_t, "x_t")
+        if self.weights.shape[0] == 1 and isinstance(t, numbers.Integral) and not isinstance(t, bool):
+            return self._gaussian_denoise(x_t, int(t))
         batch = x_t.shape[0]
         w, m, v, basis = self._params(x_t)
         z = x_t.reshape(batch, -1)
@@ -169,6 +173,28 @@ class GaussianMixturePrior:
         return z0.reshape(x_t.shape)
 
     consistency = denoise
+
+    def _gaussian_denoise(self, x_t: Tensor, t: int) -> Tensor:
+        """One Gaussian (``K = 1``) at one step ``t``: Tweedie's map is affine, ``E[x_0 | x_t] = W_t x_t + c_t``
+        with ``W_t = U diag(g) Uᵀ``, ``g = sqrt(ᾱ) v / (ᾱ v + 1 − ᾱ)`` and ``c_t = U (1 − sqrt(ᾱ) g) m`` (the
+        formula of :meth:`denoise` with ``K = 1``, folded once per ``(t, dtype, device)``: samplers call
+        it at one step many times)."""
+        key = (t, x_t.dtype, x_t.device)
+        if key not in self._affine:
+            ab = alpha_bar(self.alphas_cumprod, t, x_t[:1]).reshape(()).to(torch.float64)
+            m, v = self._coord_means[0].to(torch.float64), self._coord_vars[0].to(torch.float64)
+            gain = ab.sqrt() * v / (ab * v + 1.0 - ab)
+            offset = (1.0 - ab.sqrt() * gain) * m
+            if self._basis is None:
+                pair = (gain, offset)
+            else:
+                basis = self._basis.to(torch.float64)
+                pair = ((basis * gain) @ basis.T, basis @ offset)  # W_t (symmetric), c_t in pixel coordinates
+            self._affine[key] = tuple(a.to(dtype=x_t.dtype, device=x_t.device) for a in pair)
+        weight, offset = self._affine[key]
+        z = x_t.reshape(x_t.shape[0], -1)
+        z0 = torch.addmm(offset, z, weight) if weight.dim() == 2 else torch.addcmul(offset, z, weight)
+        return z0.reshape(x_t.shape)
 
     def score(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """``∇ log p_t(x_t) = (sqrt(ᾱ) E[x_0 | x_t] - x_t) / (1 - ᾱ)`` (Tweedie), ``(B, C, H, W)``."""
@@ -197,6 +223,22 @@ class GaussianMixturePrior:
         if basis is not None:
             z = z @ basis.T
         return z.reshape(n, *self.img_shape)
+
+    def support(self, width: float = 6.0) -> tuple[Tensor, Tensor]:
+        """Per-pixel box holding the prior's mass: ``(lo, hi)``, each ``(C, H, W)`` float64.
+
+        ``lo = min_k (m_k − width·s_k)``, ``hi = max_k (m_k + width·s_k)`` with ``s_k`` the
+        marginal std of component ``k`` per pixel (for a full covariance, its diagonal); mass
+        outside is below ``2·Φ(−6) ≈ 2e-9`` per pixel at the default width. The Langevin
+        samplers' ``box: auto``.
+        """
+        require(isinstance(width, (int, float)) and width > 0, f"support width = {width!r} must be > 0 (standard deviations)")
+        means = self.means.detach().to("cpu", torch.float64)
+        if self.variances is not None:
+            stds = self.variances.detach().to("cpu", torch.float64).sqrt()
+        else:
+            stds = self.covariance.detach().to("cpu", torch.float64).diagonal().sqrt().reshape(1, *self.img_shape)
+        return (means - width * stds).amin(0), (means + width * stds).amax(0)
 
     def covariances(self) -> Tensor:
         """Dense component covariances ``(K, d, d)``, float64 (``U diag(λ_k) Uᵀ``)."""
@@ -254,6 +296,7 @@ class GaussianMixturePrior:
         """A copy with every parameter on ``device`` and in float ``dtype`` (ᾱ stays float64)."""
         require(dtype is None or dtype.is_floating_point, f"prior dtype must be a float dtype, got {dtype}; use torch.float32 or torch.float64")
         new = copy.copy(self)
+        new._affine = {}  # maps folded from this copy's parameters only
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 cast_dtype = None if name == "alphas_cumprod" else dtype

@@ -11,6 +11,7 @@ from uqcampaign.kernels.samplers.base import Sampler
 from uqcampaign.kernels.samplers.dps import DPSConfig, DPSSampler
 from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
+from uqcampaign.kernels.samplers.skrock import SKRockConfig, SKRockSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
 __all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "build_sampler"]
@@ -18,6 +19,7 @@ __all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "build_sampler"]
 _REGISTRY: dict[str, tuple[type, type]] = {
     "exact": (ExactSampler, ExactConfig),
     "ula": (ULASampler, ULAConfig),
+    "skrock": (SKRockSampler, SKRockConfig),
     "dps": (DPSSampler, DPSConfig),
     "latino": (LatinoSampler, LatinoConfig),
 }
@@ -39,8 +41,6 @@ def build_sampler(spec: Mapping[str, Any]) -> Sampler:
     params = {key: value for key, value in spec.items() if key != "kind"}
     for key in params:
         require(key in allowed, f"unknown key {key!r} in the {kind} sampler spec; allowed keys: {', '.join(allowed) or 'none'}")
-    if "box" in params and params["box"] is not None:
-        params["box"] = tuple(params["box"])
     try:
         config = config_cls(**params)
     except TypeError as err:  # a value of the wrong type that __post_init__ could not compare

@@ -339,7 +339,8 @@ def test_ula_and_dps_with_learned_prior_match_the_exact_denoiser(gmm8_pair) -> N
     y = operator.A(x_true[None].float())[0] + sigma * torch.randn(operator.obs_shape, generator=torch.Generator().manual_seed(12))
     posterior = exact.posterior(operator, y.double(), sigma)
     runs = {  # (sampler, chains, draws): 256 ULA draws, 128 DPS draws
-        "ula": (ULASampler(ULAConfig(burn_in=1000, thin=100, epsilon=0.0025, box=None)), 16, 16),
+        # the same start for both priors (pinv(y)): the comparison is of the denoisers alone
+        "ula": (ULASampler(ULAConfig(burn_in=1000, thin=100, epsilon=0.0025, box=None, init="pinv")), 16, 16),
         "dps": (DPSSampler(DPSConfig(zeta=0.3, steps=100)), 128, 1),
     }
     for name, (sampler, chains, draws) in runs.items():

@@ -21,6 +21,7 @@ from uqcampaign.kernels.samplers.registry import SAMPLER_KINDS, build_sampler
 FAST = {
     "exact": {"kind": "exact"},
     "ula": {"kind": "ula", "burn_in": 5, "thin": 2},
+    "skrock": {"kind": "skrock", "burn_in": 2, "thin": 1, "stages": 3},
     "dps": {"kind": "dps", "steps": 20},
     "latino": {"kind": "latino", "steps": 3},
 }
@@ -38,7 +39,7 @@ def _run(spec, problem, n_chains=3, n_draws=2, seed=0, generator=None):
 
 
 def test_sampler_kinds_are_registered():
-    assert SAMPLER_KINDS == ("exact", "ula", "dps", "latino")
+    assert SAMPLER_KINDS == ("exact", "ula", "skrock", "dps", "latino")
     for kind in SAMPLER_KINDS:
         sampler = build_sampler({"kind": kind})
         assert isinstance(sampler, Sampler)
@@ -69,6 +70,9 @@ def test_nfe_is_counted(problem):
     ula = [d.nfe for d in _run({"kind": "ula", "burn_in": 7, "thin": 3}, problem, n_draws=3)]
     assert ula == [7 + 3, 3, 3]  # burn-in charged to draw 0
     assert build_sampler({"kind": "ula", "thin": 3}).nfe_per_draw() == 3
+    skrock = [d.nfe for d in _run({"kind": "skrock", "burn_in": 7, "thin": 3, "stages": 4}, problem, n_draws=3)]
+    assert skrock == [4 * (7 + 3), 4 * 3, 4 * 3]  # stages calls per iteration, burn-in charged to draw 0
+    assert build_sampler({"kind": "skrock", "thin": 3}).nfe_per_draw() == 30
     assert [d.nfe for d in _run({"kind": "dps", "steps": 20}, problem)] == [20, 20]
     assert build_sampler({"kind": "dps", "steps": 20}).nfe_per_draw() == 20
     assert [d.nfe for d in _run({"kind": "latino", "steps": 4}, problem)] == [4, 4]
@@ -94,7 +98,7 @@ def test_denoiser_calls_match_nfe(problem):
         consistency = denoise
 
     counted = Counting(problem.prior)
-    for spec in (FAST["ula"], FAST["dps"], FAST["latino"]):
+    for spec in (FAST["ula"], FAST["skrock"], FAST["dps"], FAST["latino"]):
         calls.clear()
         sampler = build_sampler(spec)
         draws = list(sampler.run(problem.y, problem.operator, counted, problem.sigma, 2, 3, torch.Generator().manual_seed(0)))
@@ -151,6 +155,11 @@ def test_dps_chains_are_independent(problem):
         ({"kind": "ula", "thin": 0}, ["thin"]),
         ({"kind": "ula", "box": [1.0, 0.0]}, ["box"]),
         ({"kind": "ula", "box": "x"}, ["box", "lo < hi"]),
+        ({"kind": "ula", "box_rule": "clip"}, ["box_rule", "penalty", "project"]),
+        ({"kind": "ula", "init": "zero"}, ["init", "prior", "pinv"]),
+        ({"kind": "skrock", "stages": 1}, ["stages", ">= 2"]),
+        ({"kind": "skrock", "eta": 0.0}, ["eta"]),
+        ({"kind": "skrock", "box": [0.0]}, ["skrock box"]),
         ({"kind": "dps", "zeta": -0.1}, ["zeta"]),
         ({"kind": "dps", "steps": 0}, ["steps"]),
         ({"kind": "latino", "delta": 0}, ["delta"]),
@@ -165,15 +174,16 @@ def test_bad_specs_are_named(spec, words):
         assert word in str(err.value)
 
 
-def test_step_above_stability_bound_is_refused(problem):
-    sampler = build_sampler({"kind": "ula"})
+@pytest.mark.parametrize("kind", ["ula", "skrock"])
+def test_step_above_stability_bound_is_refused(kind, problem):
+    sampler = build_sampler({"kind": kind})
     bound = sampler.parameters(problem.operator, problem.prior, problem.sigma).bound
     auto = sampler.parameters(problem.operator, problem.prior, problem.sigma).delta
     assert math.isclose(auto, bound / 3)
-    too_big = build_sampler({"kind": "ula", "step": 1.5 * bound})
+    too_big = build_sampler({"kind": kind, "step": 1.5 * bound})
     with pytest.raises(UQError, match="stability bound"):
         too_big.run(problem.y, problem.operator, problem.prior, problem.sigma, 2, 1, torch.Generator())
-    ok = build_sampler({"kind": "ula", "step": 0.9 * bound, "burn_in": 1, "thin": 1})
+    ok = build_sampler({"kind": kind, "step": 0.9 * bound, "burn_in": 1, "thin": 1})
     assert len(list(ok.run(problem.y, problem.operator, problem.prior, problem.sigma, 2, 1, torch.Generator()))) == 1
 
 
@@ -223,7 +233,7 @@ class _LatentStub:
         return self._prior.denoise(x_t, t)
 
 
-@pytest.mark.parametrize("kind", ["ula", "dps"])
+@pytest.mark.parametrize("kind", ["ula", "skrock", "dps"])
 def test_latent_prior_refused_by_pixel_samplers(kind, problem):
     with pytest.raises(UQError, match="latent"):
         build_sampler(FAST[kind]).run(problem.y, problem.operator, _LatentStub(problem.prior), problem.sigma, 2, 1, torch.Generator())
