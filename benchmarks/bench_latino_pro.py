@@ -167,8 +167,8 @@ def _exact_lines(rows: list[dict[str, Any]], scores: list[dict[str, Any]], n_pro
     lines = [
         f"Exact conditional-GMM problems ({n_problems} problems × 5 starts, {n_chains} chains; a run reaches c* when "
         f"|ĉ − c*| <= {DIST_TOL} and log p(y|c*) − log p(y|ĉ) <= {GAP_TOL} nats; C = ball of radius 2):\n",
-        "| estimator | starts | runs | reach c* | median \\|ĉ − c*\\| | median gap (nats) | worst gap (nats) | s / run |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| estimator | starts | runs | reach c* | gap <= 0.01 nats | median \\|ĉ − c*\\| | median gap (nats) | worst gap (nats) | s / run |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     names = {"exact": "latino-pro, exact ∇_c log p(x|c)", "surrogate": "latino-pro, authors' surrogate",
              "reference": "reference SAPG, exact posterior draws"}
@@ -179,16 +179,21 @@ def _exact_lines(rows: list[dict[str, Any]], scores: list[dict[str, Any]], n_pro
                 continue
             lines.append(
                 f"| {names[estimator]} | {label} | {len(group)} | {sum(r['reached'] for r in group) / len(group):.0%} | "
+                f"{sum(r['gap'] <= GAP_TOL for r in group) / len(group):.0%} | "
                 f"{statistics.median(r['distance'] for r in group):.3f} | {statistics.median(r['gap'] for r in group):.4f} | "
                 f"{max(r['gap'] for r in group):.3f} | {statistics.mean(r['seconds'] for r in group):.2f} |"
             )
     missed = sorted({(r["seed"], r["start"]) for r in rows if r["estimator"] == "exact" and not r["reached"]})
+    far_below = sorted({(r["seed"], r["start"]) for r in rows if r["estimator"] == "exact" and r["gap"] > GAP_TOL})
     ref_ok = {(r["seed"], r["start"]) for r in rows if r["estimator"] == "reference" and r["reached"]}
     lines += [
         "",
         f"latino-pro (exact) misses c* in {len(missed)} runs: "
         + (", ".join(f"problem {s} ({lab})" for s, lab in missed) or "none")
         + f"; the reference SAPG reaches c* in {sum(1 for key in missed if key in ref_ok)} of those from the same starts. "
+        f"Of the misses, {len(far_below)} end more than {GAP_TOL} nats below log p(y|c*) ("
+        + (", ".join(f"problem {s} ({lab})" for s, lab in far_below) or "none")
+        + "); the others are near-ties, points of C about as likely as c* but farther than the tolerance. "
         "Where they differ the cause is LATINO, not SAPG: its draws over-weight the mixture component the current c "
         "favours, so the Fisher-identity gradient is biased toward the current c (spurious fixed points from starts "
         "committed to a component the data do not favour; misses at a tiny gap are flat maxima, two points of C nearly "

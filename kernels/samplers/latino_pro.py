@@ -35,9 +35,13 @@ The gradient estimator (``gradient``):
 
 ``C`` (``radius`` or ``box``): the ball of radius ``r`` around the prior's condition ``c_p``, per
 token for an embedding ``(1, L, D)`` (the authors' ``project_onto_ball``), or the box
-``lo ≤ c ≤ hi``. ``edit_weight λ > 0`` is seed 004's condition editing: SAPG on
-``log p(y | c) − λ/2 ||c − c_p||²`` (the proximal step above, exact for the quadratic), which keeps
-``c`` near the given prompt ``c_p`` while matching the data; ``λ = 0`` is plain LATINO-PRO.
+``lo ≤ c ≤ hi``. ``edit_weight λ > 0`` is seed 004's condition editing (keep ``c`` near the given
+prompt ``c_p`` while matching the data): after each step the proximal map of
+``γ_m λ/2 ||· − c_p||²`` (exact for the quadratic) pulls ``c`` back toward ``c_p``. The steps being
+normalised, the pull balances a full step at ``||c − c_p|| = 1/λ`` (per token): ``1/λ`` is the reach
+of the edit, taken in the direction the data pull (it is not the maximiser of
+``log p(y | c) − λ/2 ||c − c_p||²``, whose balance would depend on the gradient's size); ``λ = 0``
+is plain LATINO-PRO.
 
 Network calls (``Draw.nfe``, per chain): the first draw carries the SAPG phase,
 ``iterations · steps + final_steps`` (the authors' schedule: 15 · 4 + 8 = 68); later draws
@@ -69,6 +73,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.samplers.base import (
     ConfiguredSampler,
@@ -138,8 +143,9 @@ class LatinoProConfig:
         radius: C = ball of this radius around the prior's condition (per token for a (1, L, D)
             embedding, as the authors' project_onto_ball); null when box is given.
         box: [lo, hi]: C = the box lo <= c <= hi (every coordinate) instead of the ball.
-        edit_weight: λ >= 0, condition editing (seed 004): maximise log p(y | c) − λ/2 ||c − c_prompt||²,
-            keeping c near the prior's prompt; 0 = plain LATINO-PRO.
+        edit_weight: λ >= 0, condition editing (seed 004): a proximal pull toward the prior's prompt
+            after each step, so that c moves at most about 1/λ (per token) from it in the direction
+            the data pull; 0 = plain LATINO-PRO.
         freeze_tokens: leading tokens of a (1, L, D) embedding kept fixed (the authors freeze 4:
             BOS + "a photo of"); 0 for a vector condition.
     """
@@ -297,7 +303,7 @@ class LatinoProSampler(ConfiguredSampler):
 
     def gradient_for(self, prior: Any) -> str:
         """The estimator ``run`` uses with ``prior``: ``exact`` or ``surrogate`` (``auto`` resolved)."""
-        exact = callable(getattr(prior, "condition_score", None))
+        exact = callable(getattr(prior, "condition_score", None)) and isinstance(getattr(prior, "condition", None), Tensor)
         if self.config.gradient == "auto":
             return "exact" if exact else "surrogate"
         if self.config.gradient == "exact":

@@ -152,3 +152,9 @@ def test_an_unconditional_prior_takes_no_condition() -> None:
             call()
     with pytest.raises(UQError, match="condition must be a tensor of shape"):
         random_conditional_problem("denoise", 0).problem.prior.log_prob(x, condition=torch.zeros(5, dtype=F64))
+
+
+def test_the_conditional_prior_satisfies_its_protocol(cproblem) -> None:
+    from uqcampaign.kernels.priors.base import ConditionalExactPrior, ExactPrior
+
+    assert isinstance(cproblem.problem.prior, ConditionalExactPrior) and isinstance(cproblem.problem.prior, ExactPrior)
