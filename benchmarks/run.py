@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,learned]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,learned,latino_pro]``
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ SECTIONS = {
     "reduce": "bench_reduce.py",
     "cluster": "bench_cluster.py",
     "learned": "bench_learned.py",
+    "latino_pro": "bench_latino_pro.py",
 }
 
 

@@ -12,6 +12,7 @@ from uqcampaign.kernels.samplers.dps import DPSConfig, DPSSampler
 from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
 from uqcampaign.kernels.samplers.skrock import SKRockConfig, SKRockSampler
+from uqcampaign.kernels.samplers.latino_pro import LatinoProConfig, LatinoProSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
 __all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "build_sampler"]
@@ -22,6 +23,7 @@ _REGISTRY: dict[str, tuple[type, type]] = {
     "skrock": (SKRockSampler, SKRockConfig),
     "dps": (DPSSampler, DPSConfig),
     "latino": (LatinoSampler, LatinoConfig),
+    "latino-pro": (LatinoProSampler, LatinoProConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
 # kind -> config dataclass: its fields are the kind's keys, its docstring their documentation (`uqc kinds`)

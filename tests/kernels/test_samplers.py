@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.kernels.problems import random_problem
+from uqcampaign.kernels.problems import random_conditional_problem, random_problem
 from uqcampaign.kernels.rng import unit_generator
 from uqcampaign.kernels.samplers.base import Draw, Sampler
 from uqcampaign.kernels.samplers.registry import SAMPLER_KINDS, build_sampler
@@ -24,7 +24,16 @@ FAST = {
     "skrock": {"kind": "skrock", "burn_in": 2, "thin": 1, "stages": 3},
     "dps": {"kind": "dps", "steps": 20},
     "latino": {"kind": "latino", "steps": 3},
+    "latino-pro": {"kind": "latino-pro", "iterations": 2, "steps": 2, "final_steps": 2, "radius": 2.0},
 }
+# latino-pro estimates the prior's condition: it runs on a conditional GMM problem of the same size
+CONDITIONAL = {torch.float64: random_conditional_problem("blur", seed=5).problem,
+               torch.float32: random_conditional_problem("inpaint", seed=1, dtype=torch.float32).problem}
+
+
+def _for(kind, problem):
+    """The problem a kind runs on: ``problem``, or a conditional one (same dtype) for latino-pro."""
+    return CONDITIONAL[problem.y.dtype] if kind == "latino-pro" else problem
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +48,7 @@ def _run(spec, problem, n_chains=3, n_draws=2, seed=0, generator=None):
 
 
 def test_sampler_kinds_are_registered():
-    assert SAMPLER_KINDS == ("exact", "ula", "skrock", "dps", "latino")
+    assert SAMPLER_KINDS == ("exact", "ula", "skrock", "dps", "latino", "latino-pro")
     for kind in SAMPLER_KINDS:
         sampler = build_sampler({"kind": kind})
         assert isinstance(sampler, Sampler)
@@ -50,6 +59,7 @@ def test_sampler_kinds_are_registered():
 
 @pytest.mark.parametrize("kind", SAMPLER_KINDS)
 def test_run_streams_draws_of_the_right_shape(kind, problem):
+    problem = _for(kind, problem)
     draws = _run(FAST[kind], problem, n_chains=3, n_draws=2)
     assert [d.index for d in draws] == [0, 1]
     for draw in draws:
@@ -62,7 +72,7 @@ def test_run_streams_draws_of_the_right_shape(kind, problem):
 def test_dtype_follows_y():
     p32 = random_problem("inpaint", "gaussian", seed=1, dtype=torch.float32)
     for kind in SAMPLER_KINDS:
-        draws = _run(FAST[kind], p32, n_chains=2, n_draws=1)
+        draws = _run(FAST[kind], _for(kind, p32), n_chains=2, n_draws=1)
         assert draws[0].x.dtype == torch.float32, kind
 
 
@@ -107,6 +117,7 @@ def test_denoiser_calls_match_nfe(problem):
 
 @pytest.mark.parametrize("kind", SAMPLER_KINDS)
 def test_same_seed_same_draws(kind, problem):
+    problem = _for(kind, problem)
     a = _run(FAST[kind], problem, seed=3)
     b = _run(FAST[kind], problem, seed=3)
     c = _run(FAST[kind], problem, seed=4)
@@ -119,6 +130,7 @@ def test_same_seed_same_draws(kind, problem):
 def test_recomputed_unit_gives_identical_draws(kind, problem):
     """A work unit redone from its (campaign seed, measurement, block) generator is bit-identical,
     and the global RNG plays no part."""
+    problem = _for(kind, problem)
     first = _run(FAST[kind], problem, generator=unit_generator(11, measurement=2, block=1))
     torch.manual_seed(12345)
     torch.rand(10)  # disturb the global RNG: it must not matter
@@ -189,6 +201,7 @@ def test_step_above_stability_bound_is_refused(kind, problem):
 
 @pytest.mark.parametrize("kind", SAMPLER_KINDS)
 def test_bad_run_inputs_raise_before_any_work(kind, problem):
+    problem = _for(kind, problem)
     sampler = build_sampler(FAST[kind])
     g = torch.Generator()
     args = (problem.operator, problem.prior)
