@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned,smc]``
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SECTIONS = {
     "reduce": "bench_reduce.py",
     "cluster": "bench_cluster.py",
     "learned": "bench_learned.py",
+    "smc": "bench_smc.py",
 }
 
 

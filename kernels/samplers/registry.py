@@ -11,6 +11,7 @@ from uqcampaign.kernels.samplers.base import Sampler
 from uqcampaign.kernels.samplers.dps import DPSConfig, DPSSampler
 from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
+from uqcampaign.kernels.samplers.smc.sampler import AnnealConfig, AnnealSampler, TDSConfig, TDSSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
 __all__ = ["SAMPLER_KINDS", "build_sampler"]
@@ -20,6 +21,8 @@ _REGISTRY: dict[str, tuple[type, type]] = {
     "ula": (ULASampler, ULAConfig),
     "dps": (DPSSampler, DPSConfig),
     "latino": (LatinoSampler, LatinoConfig),
+    "tds": (TDSSampler, TDSConfig),
+    "smc-anneal": (AnnealSampler, AnnealConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
 
