@@ -25,7 +25,19 @@ from uqcampaign.kernels.samplers.smc import anneal, tds
 from uqcampaign.kernels.samplers.smc.base import VARIANCES, finish, reverse_schedule
 from uqcampaign.kernels.samplers.smc.resampling import systematic
 
-__all__ = ["POOLS", "SMCConfig", "TDSConfig", "AnnealConfig", "SMCResult", "run_smc", "pool_counts", "pooled_draws", "TDSSampler", "AnnealSampler"]
+__all__ = [
+    "POOLS",
+    "SMCConfig",
+    "TDSConfig",
+    "AnnealConfig",
+    "SMCResult",
+    "run_smc",
+    "pool_counts",
+    "pooled_draws",
+    "pooled_log_evidence",
+    "TDSSampler",
+    "AnnealSampler",
+]
 
 POOLS = ("equal", "evidence")
 
@@ -39,7 +51,7 @@ class SMCConfig:
     steps: int | None = 500
     ess_threshold: float = 0.5
     pool: str = "equal"
-    variance: str = "small"
+    variance: str = "large"
     batch: int | None = None
 
     def __post_init__(self) -> None:
@@ -77,6 +89,7 @@ class TDSConfig(SMCConfig):
         ess_threshold: resample a run (systematic) when its ESS < ess_threshold × N.
         pool: how runs are weighted when their draws are pooled: "equal" (n/R draws per run) or
             "evidence" (draws per run ∝ the run's estimate of p(y)).
+        variance: the prior's reverse move variance: "large" (β_t) or "small" (β̃_t, as DPS).
         batch: particles per network call (null: all R × N at once); memory only.
     """
 
@@ -97,6 +110,7 @@ class AnnealConfig(SMCConfig):
         ess_threshold: resample a run (systematic) when its ESS < ess_threshold × N.
         pool: how runs are weighted when their draws are pooled: "equal" (n/R draws per run) or
             "evidence" (draws per run ∝ the run's estimate of p(y)).
+        variance: the prior's reverse move variance: "large" (β_t) or "small" (β̃_t, as DPS).
         batch: particles per network call (null: all R × N at once); memory only.
     """
 
@@ -160,6 +174,21 @@ def pooled_draws(generator: torch.Generator, particles: Tensor, log_weights: Ten
     rows = (picks + torch.arange(runs, device=picks.device)[:, None] * n_particles)[torch.arange(most, device=picks.device) < counts[:, None].to(picks.device)]
     order = torch.randperm(rows.shape[0], generator=generator, device=generator.device).to(rows.device)
     return particles[rows[order].to(particles.device)]
+
+
+def pooled_log_evidence(log_evidence: Any) -> tuple[float, float]:
+    """``(log Ẑ, standard error)`` of independent runs' estimates ``log_evidence (R,)`` pooled: ``Ẑ = (1/R) Σ_r Ẑ_r``.
+
+    Each run's ``Ẑ_r`` is unbiased for ``p(y)``, so is their mean, whose log is off by only ``≈ −Var(Ẑ_r/Z)/(2R)``;
+    the mean of the ``log Ẑ_r`` is off by ``≈ −Var(log Ẑ_r)/2`` (Jensen), which exceeds its own standard error
+    once ``sd(log Ẑ_r) > 2/√R``. The standard error is the delta method's: ``sd_r(Ẑ_r) / (√R · mean_r Ẑ_r)``
+    (NaN for one run). Use it for a measurement's runs across all its units.
+    """
+    log_z = torch.as_tensor(log_evidence, dtype=torch.float64).reshape(-1)
+    top = log_z.max()
+    ratio = torch.exp(log_z - top)
+    mean = ratio.mean()
+    return float(top + mean.log()), float(ratio.std() / (mean * math.sqrt(log_z.numel())))
 
 
 @dataclass(frozen=True)
