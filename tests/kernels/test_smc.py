@@ -244,3 +244,15 @@ def test_pooled_log_evidence_is_the_log_of_the_mean_evidence():
     # lognormal runs: the log of the mean is near log E Ẑ; the mean of the logs is Var/2 below
     runs = 0.0 - 0.5 + torch.randn(4000, generator=torch.Generator().manual_seed(12), dtype=F64)  # log Ẑ_r, E Ẑ_r = 1
     assert abs(pooled_log_evidence(runs)[0]) < 0.1 and float(runs.mean()) == pytest.approx(-0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("kernel, config_cls", [(tds, TDSConfig), (anneal, AnnealConfig)], ids=["tds", "smc-anneal"])
+def test_batch_changes_memory_not_results(kernel, config_cls):
+    """``batch`` splits the network calls only: the same particles, weights and evidence (to rounding)."""
+    problem = random_problem("blur", "gmm", seed=4)
+    results = [
+        run_smc(kernel, torch.Generator().manual_seed(0), problem.y, problem.operator, problem.prior, problem.sigma, config_cls(runs=2, particles=8, steps=12, batch=batch))
+        for batch in (None, 3)
+    ]
+    torch.testing.assert_close(results[0].particles, results[1].particles)
+    torch.testing.assert_close(results[0].log_evidence, results[1].log_evidence)

@@ -4,7 +4,7 @@ Done when (issue 14): on random GMM problems (16–64 pixels, K = 3–5, multimo
 ``tds`` ≤ 2 × the sliced-Wasserstein floor, 90% interval mass 0.90 ± 0.03, and the log-evidence
 within 3 standard errors over runs of the exact ``log p(y)``. The full bound runs here on two problems
 (the two-mode 16-pixel ``multimodal_problem`` and a 64-pixel K = 5 inpainting problem): 1024 draws from
-the 16 × 1024 particles of one unit, the runs' pooled log-evidence (``pooled_log_evidence``).
+the 8 × 1024 particles of one unit (1/8 of its pool), the runs' pooled log-evidence (``pooled_log_evidence``).
 ``benchmarks/bench_smc.py`` measures the other problems and ``smc-anneal``. Figures are printed (``pytest -s``).
 """
 

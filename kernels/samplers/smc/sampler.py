@@ -7,6 +7,15 @@ on the unit's device, and returns ``n_chains × n_draws`` of their particles (at
 (distinct particles wherever the weights allow it), ``n_r`` set by ``pool``, and the draws are
 shuffled into ``(n_draws, n_chains)``. The unit's network calls (``runs × particles × steps``) are
 charged to draw 0 (``Draw.nfe``, per chain, rounded), as ULA charges its burn-in.
+
+Defaults (measured, ``benchmarks/bench_smc.py`` and ``tests/kernels/test_smc_posterior.py``; exact GMM
+problems of 16 and 64 pixels, K = 3–5, float32): ``runs: 8, particles: 1024, steps: 500, variance: large,
+pool: equal`` meet issue 14's bound (≤ 2 × floor, 90% mass 0.90 ± 0.03, log p(y) within 3 standard errors)
+when a unit returns at most 1/8 of its ``runs × particles`` particles (1024 draws: 4,000 network calls per
+draw). Returning 1/4 of the pool gives 2.1–2.2 × floor on 64 pixels (its draws share ancestors); 250 steps
+leave the chain's own log p(y) 0.1 nats off (3–4 SE on 16 pixels); ``variance: small`` makes the chain
+too narrow (std 0.95–0.98 × exact, mass 0.88); ``pool: evidence`` was never better and gave 2.5 × floor on
+64 pixels (one run's heavy evidence takes most draws).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ POOLS = ("equal", "evidence")
 class SMCConfig:
     """Keys shared by the SMC kinds (see :class:`TDSConfig`); checked on construction."""
 
-    runs: int = 16
+    runs: int = 8
     particles: int = 1024
     steps: int | None = 500
     ess_threshold: float = 0.5
