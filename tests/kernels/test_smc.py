@@ -122,7 +122,7 @@ def test_tds_twist_gradient_is_the_gradient_of_the_twist(operator_kind):
     schedule = reverse_schedule(problem.prior.alphas_cumprod, 20)
     x = torch.randn(5, *problem.operator.img_shape, generator=torch.Generator().manual_seed(8), dtype=F64)
     i = 6
-    cache = tds.twist(x, i, problem.y, problem.operator, problem.prior, problem.sigma, schedule, batch=2)
+    cache = tds.evaluate(x, i, problem.y, problem.operator, problem.prior, problem.sigma, schedule, batch=2)
     ab = float(schedule.alpha_bar[i])
     mat = problem.operator.matrix()
     cov = problem.sigma**2 * torch.eye(mat.shape[0], dtype=F64) + (1 - ab) / ab * mat @ mat.T

@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from uqcampaign.kernels.samplers.smc.base import ReverseSchedule, SMCInfo, SMCState, first_weights, gather, init_particles, resample, reweight
+from uqcampaign.kernels.samplers.smc.base import ReverseSchedule, SMCInfo, SMCState, gather, resample, reweight
 from uqcampaign.kernels.samplers.smc.twist import gaussian_log_density
 
-__all__ = ["AnnealCache", "AnnealState", "evaluate", "init", "step"]
+__all__ = ["AnnealCache", "AnnealState", "State", "evaluate", "step"]
 
 
 class AnnealCache(NamedTuple):
@@ -48,6 +48,9 @@ class AnnealState(NamedTuple):
     smc: SMCState
     cache: AnnealCache
     i: int
+
+
+State = AnnealState  # the state type the SMC loop builds after ``base.init``
 
 
 def _scale(schedule: ReverseSchedule, i: int) -> tuple[float, float]:
@@ -77,16 +80,6 @@ def evaluate(x: Tensor, i: int, y: Tensor, operator: Any, prior: Any, sigma: flo
     log_predictive, _ = gaussian_log_density(y.unsqueeze(0) - operator.A(mean / root_next), operator, sigma, c_next + v / root_next**2)
     return cache._replace(log_predictive=log_predictive)
 
-
-def init(
-    generator: torch.Generator, y: Tensor, operator: Any, prior: Any, sigma: float, schedule: ReverseSchedule, runs: int, particles: int, batch: int | None
-) -> tuple[AnnealState, SMCInfo]:
-    """``x_T ~ N(0, I)`` for ``R·N`` particles, weighted by ``p̃_T(y | x_T)``."""
-    i = len(schedule.timesteps) - 1
-    x = init_particles(generator, runs, particles, operator.img_shape, y)
-    cache = evaluate(x, i, y, operator, prior, sigma, schedule, batch)
-    smc, info = first_weights(x, cache.log_twist, runs)
-    return AnnealState(smc, cache, i), info
 
 
 def step(

@@ -27,7 +27,7 @@ __all__ = [
     "ReverseSchedule",
     "VARIANCES",
     "reverse_schedule",
-    "init_particles",
+    "init",
     "first_weights",
     "resample",
     "gather",
@@ -93,9 +93,17 @@ def reverse_schedule(alphas_cumprod: Tensor, steps: int | None, variance: str = 
     return ReverseSchedule(dps.timesteps, alpha_bar, dps.c1, dps.c2, std)
 
 
-def init_particles(generator: torch.Generator, runs: int, particles: int, img_shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """``x_T ~ N(0, I)``: ``(R·N, C, H, W)`` in ``like``'s dtype and device (the DDPM start, as DPS's)."""
-    return torch.randn((runs * particles, *img_shape), generator=generator, dtype=like.dtype, device=like.device)
+def init(
+    generator: torch.Generator, evaluate: Any, y: Tensor, operator: Any, prior: Any, sigma: float, schedule: ReverseSchedule, runs: int, particles: int, batch: int | None
+) -> tuple[SMCState, Any, SMCInfo]:
+    """``x_T ~ N(0, I)`` for ``R·N`` particles (the DDPM start, as DPS's; ``y``'s dtype and device), the kernel's
+    ``evaluate`` at the last position (a cache with ``log_twist (R·N,)``), weighted by ``p̃_T(y | x_T)``:
+    ``(state, cache, info)``."""
+    i = len(schedule.timesteps) - 1
+    x = torch.randn((runs * particles, *operator.img_shape), generator=generator, dtype=y.dtype, device=y.device)
+    cache = evaluate(x, i, y, operator, prior, sigma, schedule, batch)
+    smc, info = first_weights(x, cache.log_twist, runs)
+    return smc, cache, info
 
 
 def _unmoved(runs: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -31,7 +31,7 @@ from torch import Tensor
 from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, check_run_inputs, require_pixel_prior
 from uqcampaign.kernels.samplers.smc import anneal, tds
-from uqcampaign.kernels.samplers.smc.base import VARIANCES, finish, reverse_schedule
+from uqcampaign.kernels.samplers.smc.base import VARIANCES, finish, init, reverse_schedule
 from uqcampaign.kernels.samplers.smc.resampling import systematic
 
 __all__ = [
@@ -92,7 +92,8 @@ class TDSConfig(SMCConfig):
 
     Keys:
         runs: R, independent SMC runs per work unit (their log-evidences give its standard error).
-        particles: N, particles per run; a unit returns at most runs × particles draws.
+        particles: N, particles per run; a unit returns at most runs × particles draws (at most
+            1/8 of them for the measured accuracy: module docstring).
         steps: reverse steps (evenly respaced DDPM schedule, as DPS) = network calls with gradient
             per particle; null = all steps of the prior's schedule.
         ess_threshold: resample a run (systematic) when its ESS < ess_threshold × N.
@@ -113,7 +114,8 @@ class AnnealConfig(SMCConfig):
 
     Keys:
         runs: R, independent SMC runs per work unit (their log-evidences give its standard error).
-        particles: N, particles per run; a unit returns at most runs × particles draws.
+        particles: N, particles per run; a unit returns at most runs × particles draws (at most
+            1/8 of them for the measured accuracy: module docstring).
         steps: reverse steps (evenly respaced DDPM schedule, as DPS) = network calls per particle,
             forward only; null = all steps of the prior's schedule.
         ess_threshold: resample a run (systematic) when its ESS < ess_threshold × N.
@@ -145,7 +147,8 @@ def run_smc(
 ) -> SMCResult:
     """Run ``config.runs`` SMC runs of ``config.particles`` particles with ``kernel`` (:mod:`.tds` or :mod:`.anneal`)."""
     schedule = reverse_schedule(prior.alphas_cumprod, config.steps, config.variance)
-    state, info = kernel.init(generator, y, operator, prior, sigma, schedule, config.runs, config.particles, config.batch)
+    smc, cache, info = init(generator, kernel.evaluate, y, operator, prior, sigma, schedule, config.runs, config.particles, config.batch)
+    state = kernel.State(smc, cache, len(schedule.timesteps) - 1)
     log_evidence, resamples, trace = info.log_likelihood_increment, info.resampled.long(), [info.ess]
     while state.i > 0:
         state, info = kernel.step(generator, state, y, operator, prior, sigma, schedule, config.ess_threshold, config.batch)

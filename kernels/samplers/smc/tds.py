@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from uqcampaign.kernels.samplers.smc.base import ReverseSchedule, SMCInfo, SMCState, first_weights, gather, init_particles, resample, reweight
+from uqcampaign.kernels.samplers.smc.base import ReverseSchedule, SMCInfo, SMCState, gather, resample, reweight
 from uqcampaign.kernels.samplers.smc.twist import gaussian_log_density
 
-__all__ = ["TwistCache", "TDSState", "twist", "init", "step"]
+__all__ = ["TwistCache", "TDSState", "State", "evaluate", "step"]
 
 
 class TwistCache(NamedTuple):
@@ -51,7 +51,10 @@ class TDSState(NamedTuple):
     i: int
 
 
-def twist(x: Tensor, i: int, y: Tensor, operator: Any, prior: Any, sigma: float, schedule: ReverseSchedule, batch: int | None) -> TwistCache:
+State = TDSState  # the state type the SMC loop builds after ``base.init``
+
+
+def evaluate(x: Tensor, i: int, y: Tensor, operator: Any, prior: Any, sigma: float, schedule: ReverseSchedule, batch: int | None) -> TwistCache:
     """x̂₀, ``log p̃`` and (for ``i > 0``) its gradient at ``x (B, C, H, W)``, position ``i``; ``batch`` particles per call.
 
     ``∇_x log p̃ = J_{x̂₀}ᵀ Aᵀ Σ⁻¹ r`` (``Σ`` held fixed): the gradient of ``<A x̂₀(x), Σ⁻¹ r>`` with ``Σ⁻¹ r``
@@ -72,16 +75,6 @@ def twist(x: Tensor, i: int, y: Tensor, operator: Any, prior: Any, sigma: float,
         parts.append((x0.detach(), log_p, grad.detach()))
     return TwistCache(*(torch.cat(p) for p in zip(*parts)))
 
-
-def init(
-    generator: torch.Generator, y: Tensor, operator: Any, prior: Any, sigma: float, schedule: ReverseSchedule, runs: int, particles: int, batch: int | None
-) -> tuple[TDSState, SMCInfo]:
-    """``x_T ~ N(0, I)`` for ``R·N`` particles, weighted by ``p̃_T(y | x_T)``."""
-    i = len(schedule.timesteps) - 1
-    x = init_particles(generator, runs, particles, operator.img_shape, y)
-    cache = twist(x, i, y, operator, prior, sigma, schedule, batch)
-    smc, info = first_weights(x, cache.log_twist, runs)
-    return TDSState(smc, cache, i), info
 
 
 def step(
@@ -109,7 +102,7 @@ def step(
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     x_new = mean + shift + std * noise
     # 3. the twist at the new particles (one network call with gradient)
-    new_cache = twist(x_new, i - 1, y, operator, prior, sigma, schedule, batch)
+    new_cache = evaluate(x_new, i - 1, y, operator, prior, sigma, schedule, batch)
     # 4. w = N(x'; μ, v) p̃'(y|x') / (N(x'; μ + κ∇, v) p̃(y|x)); the Gaussians' constants cancel
     to_prior = (std * noise + shift).to(torch.float64).flatten(1).square().sum(1)
     to_proposal = (std * noise).to(torch.float64).flatten(1).square().sum(1)
