@@ -22,6 +22,7 @@ import torch
 from uqcampaign.kernels.problems import Problem, multimodal_problem, random_problem, score_samples
 from uqcampaign.kernels.samplers.registry import build_sampler
 from uqcampaign.kernels.samplers.smc.sampler import pooled_log_evidence
+from uqcampaign.kernels.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 N_DRAWS = 1024
@@ -164,7 +165,12 @@ def _choice_table(rows: list[dict]) -> list[str]:
 
 
 def section(quick: bool = False) -> str:
-    """The Markdown section for BENCHMARKS.md."""
+    """The Markdown section for BENCHMARKS.md (1 torch thread: the batches are small, see ``kernels.threads``)."""
+    with torch_threads(1):
+        return _section(quick)
+
+
+def _section(quick: bool) -> str:
     specs = SPECS
     problems = PROBLEMS
     n_draws = N_DRAWS
@@ -176,7 +182,7 @@ def section(quick: bool = False) -> str:
     lines = [
         "## SMC samplers: `tds` and `smc-anneal` against the exact posterior\n",
         f"`python benchmarks/bench_smc.py`{' --quick (smoke run: figures not meaningful)' if quick else ''}: "
-        f"exact GMM problems (σ = 0.05, float32), {n_draws} returned draws each; CPU, {torch.get_num_threads()} torch threads; "
+        f"exact GMM problems (σ = 0.05, float32), {n_draws} returned draws each; CPU, 1 torch thread; "
         "no GPU figures (no GPU in this session). Network calls / draw = all the unit's calls (runs × particles × steps) "
         "over the draws returned; for `tds` each call also takes one backward pass, `smc-anneal` none. SW ratio = "
         "sliced-Wasserstein distance to exact draws over the floor (two exact sets); 90% mass = exact posterior mass of the "

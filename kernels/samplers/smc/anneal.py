@@ -17,6 +17,13 @@ Shephard 1999): with the prior's ancestral move ``x_{t'} ~ N(μ, v)``, ``μ = c1
 The first weight is ``p̃_T(y | x_T)`` at ``x_T ~ N(0, I)``, the last ``N(y; A x̂₀, σ² I) / p̃_{t_0}(y | x_{t_0})``
 at the output ``x̂₀(x_{t_0})``, as in ``tds``. One denoiser call per particle and position, no
 backward pass: ``steps`` forward network calls per particle.
+
+Where it stands (``benchmarks/bench_smc.py``, the ``tds`` defaults): 1.0–1.6 × floor on 16 pixels and
+2.6–3.0 × on 64, 90% mass 0.89–0.90, but its log p(y) is 1–10 nats low. The twist is too informative far
+from ``t = 0``: at ``t = T`` it multiplies ``N(0, I)`` by a factor as narrow as the prior itself on every
+observed coordinate (``x_T/√ᾱ_T`` has variance ``≈ c_T``), while the true ``p(y | x_T)`` is flat; later
+weights undo it, so the weights' variance grows with the number of observed coordinates and the runs'
+evidence is heavy-tailed. Tempering that twist adaptively (BlackJAX ``adaptive_tempered``) is the next step.
 """
 
 from __future__ import annotations
