@@ -219,7 +219,7 @@ class _SMCSampler(ConfiguredSampler):
     ) -> Iterator[Draw]:
         """Yield ``n_draws`` draws ``x (n_chains, C, H, W)`` taken from the pooled runs (module docstring).
 
-        The last draw's ``info``: ``ess`` ``(runs,)`` float64, each run's effective sample size ``1/Σ W_i²`` of its
+        The last draw's ``info`` (CPU tensors): ``ess`` ``(runs,)`` float64, each run's effective sample size ``1/Σ W_i²`` of its
         final normalised weights (the weights the draws are taken with), in particles; ``resamples`` ``(runs,)``
         int64, the run's resampling steps; ``log_evidence`` ``(runs,)`` float64, its estimate of ``log p(y)``
         (the sum of its log-likelihood increments; unbiased for ``p(y)`` under the model's reverse chain).
@@ -241,7 +241,7 @@ class _SMCSampler(ConfiguredSampler):
         counts = pool_counts(generator, result.log_evidence, n_chains * n_draws, self.config.pool)
         x = pooled_draws(generator, result.particles, result.log_weights, counts).reshape(n_draws, n_chains, *operator.img_shape)
         nfe = round(self.config.runs * self.config.particles * steps / n_chains)
-        info = {"ess": result.ess, "resamples": result.resamples, "log_evidence": result.log_evidence}
+        info = {"ess": result.ess.cpu(), "resamples": result.resamples.cpu(), "log_evidence": result.log_evidence.cpu()}
         for index in range(n_draws):
             yield Draw(index, x[index].detach(), nfe if index == 0 else 0, info if index == n_draws - 1 else None)
 
