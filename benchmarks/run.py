@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,learned,latino_pro]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,learned,latino_pro,smc]``
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SECTIONS = {
     "cluster": "bench_cluster.py",
     "learned": "bench_learned.py",
     "latino_pro": "bench_latino_pro.py",
+    "smc": "bench_smc.py",
 }
 
 

@@ -13,6 +13,7 @@ from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
 from uqcampaign.kernels.samplers.skrock import SKRockConfig, SKRockSampler
 from uqcampaign.kernels.samplers.latino_pro import LatinoProConfig, LatinoProSampler
+from uqcampaign.kernels.samplers.smc.sampler import AnnealConfig, AnnealSampler, TDSConfig, TDSSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
 __all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "build_sampler"]
@@ -24,6 +25,8 @@ _REGISTRY: dict[str, tuple[type, type]] = {
     "dps": (DPSSampler, DPSConfig),
     "latino": (LatinoSampler, LatinoConfig),
     "latino-pro": (LatinoProSampler, LatinoProConfig),
+    "tds": (TDSSampler, TDSConfig),
+    "smc-anneal": (AnnealSampler, AnnealConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
 # kind -> config dataclass: its fields are the kind's keys, its docstring their documentation (`uqc kinds`)

@@ -25,6 +25,8 @@ FAST = {
     "dps": {"kind": "dps", "steps": 20},
     "latino": {"kind": "latino", "steps": 3},
     "latino-pro": {"kind": "latino-pro", "iterations": 2, "steps": 2, "final_steps": 2, "radius": 2.0},
+    "tds": {"kind": "tds", "runs": 2, "particles": 8, "steps": 5},
+    "smc-anneal": {"kind": "smc-anneal", "runs": 2, "particles": 8, "steps": 5},
 }
 # latino-pro estimates the prior's condition: it runs on a conditional GMM problem of the same size
 CONDITIONAL = {torch.float64: random_conditional_problem("blur", seed=5).problem,
@@ -48,7 +50,7 @@ def _run(spec, problem, n_chains=3, n_draws=2, seed=0, generator=None):
 
 
 def test_sampler_kinds_are_registered():
-    assert SAMPLER_KINDS == ("exact", "ula", "skrock", "dps", "latino", "latino-pro")
+    assert SAMPLER_KINDS == ("exact", "ula", "skrock", "dps", "latino", "latino-pro", "tds", "smc-anneal")
     for kind in SAMPLER_KINDS:
         sampler = build_sampler({"kind": kind})
         assert isinstance(sampler, Sampler)
@@ -88,6 +90,9 @@ def test_nfe_is_counted(problem):
     assert [d.nfe for d in _run({"kind": "latino", "steps": 4}, problem)] == [4, 4]
     assert build_sampler({"kind": "latino"}).nfe_per_draw() == 8
     assert [d.nfe for d in _run({"kind": "exact"}, problem)] == [0, 0]
+    # SMC: runs × particles × steps calls per unit, charged to draw 0 per chain (3 chains here)
+    assert [d.nfe for d in _run(FAST["tds"], problem)] == [round(2 * 8 * 5 / 3), 0]
+    assert build_sampler(FAST["tds"]).nfe_per_draw() == 5
 
 
 def test_denoiser_calls_match_nfe(problem):
@@ -113,6 +118,10 @@ def test_denoiser_calls_match_nfe(problem):
         sampler = build_sampler(spec)
         draws = list(sampler.run(problem.y, problem.operator, counted, problem.sigma, 2, 3, torch.Generator().manual_seed(0)))
         assert len(calls) == sum(d.nfe for d in draws), spec
+    for spec in (FAST["tds"], FAST["smc-anneal"]):  # one batched call per step for all runs × particles
+        calls.clear()
+        draws = list(build_sampler(spec).run(problem.y, problem.operator, counted, problem.sigma, 2, 4, torch.Generator().manual_seed(0)))
+        assert len(calls) == spec["steps"] and sum(d.nfe for d in draws) * 2 == spec["runs"] * spec["particles"] * spec["steps"]
 
 
 @pytest.mark.parametrize("kind", SAMPLER_KINDS)
@@ -176,6 +185,12 @@ def test_dps_chains_are_independent(problem):
         ({"kind": "dps", "steps": 0}, ["steps"]),
         ({"kind": "latino", "delta": 0}, ["delta"]),
         ({"kind": "latino", "steps": 2.5}, ["steps"]),
+        ({"kind": "tds", "runs": 0}, ["runs"]),
+        ({"kind": "tds", "steps": 1}, ["steps"]),
+        ({"kind": "tds", "pool": "best"}, ["pool", "equal", "evidence"]),
+        ({"kind": "smc-anneal", "variance": "huge"}, ["variance", "small", "large"]),
+        ({"kind": "smc-anneal", "ess_threshold": 2}, ["ess_threshold"]),
+        ({"kind": "smc-anneal", "batch": 0}, ["batch"]),
         ("ula", ["mapping"]),
     ],
 )
@@ -246,7 +261,7 @@ class _LatentStub:
         return self._prior.denoise(x_t, t)
 
 
-@pytest.mark.parametrize("kind", ["ula", "skrock", "dps"])
+@pytest.mark.parametrize("kind", ["ula", "skrock", "dps", "tds", "smc-anneal"])
 def test_latent_prior_refused_by_pixel_samplers(kind, problem):
     with pytest.raises(UQError, match="latent"):
         build_sampler(FAST[kind]).run(problem.y, problem.operator, _LatentStub(problem.prior), problem.sigma, 2, 1, torch.Generator())
