@@ -11,17 +11,25 @@ from uqcampaign.kernels.samplers.base import Sampler
 from uqcampaign.kernels.samplers.dps import DPSConfig, DPSSampler
 from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
+from uqcampaign.kernels.samplers.map_admm import ADMMConfig, ADMMSampler
+from uqcampaign.kernels.samplers.map_hqs import HQSConfig, HQSSampler
+from uqcampaign.kernels.samplers.map_latent import LatentMAPConfig, LatentMAPSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
-__all__ = ["SAMPLER_KINDS", "build_sampler"]
+__all__ = ["SAMPLER_KINDS", "POINT_ESTIMATE_KINDS", "build_sampler"]
 
 _REGISTRY: dict[str, tuple[type, type]] = {
     "exact": (ExactSampler, ExactConfig),
     "ula": (ULASampler, ULAConfig),
     "dps": (DPSSampler, DPSConfig),
     "latino": (LatinoSampler, LatinoConfig),
+    "map-hqs": (HQSSampler, HQSConfig),
+    "map-admm": (ADMMSampler, ADMMConfig),
+    "map-latent": (LatentMAPSampler, LatentMAPConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
+# kinds that return one point estimate per chain (one draw, no posterior): never calibrated, compared with the posterior mean
+POINT_ESTIMATE_KINDS: tuple[str, ...] = ("map-hqs", "map-admm", "map-latent")
 
 
 def build_sampler(spec: Mapping[str, Any]) -> Sampler:
