@@ -13,6 +13,8 @@ no ``pyplot`` state, nothing left open.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
@@ -54,42 +56,42 @@ def sbc_figure(result: SBCResult, pixels: int = 4, title: str = "") -> Figure:
     return fig
 
 
-def tarp_figure(result: TARPResult, title: str = "") -> Figure:
-    """ECP(α) with its simultaneous bootstrap band, and the diagonal."""
+def _square_axes(xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    """A figure with one ``[0, 1]²`` axes, its dashed diagonal ("calibrated") and the labels."""
     fig = Figure(figsize=(4.2, 4.0), dpi=110, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle="--", label="calibrated")
-    ax.fill_between(result.alpha, result.lower, result.upper, color="#c6dbef", label=f"{result.confidence:.0%} bootstrap band")
-    ax.plot(result.alpha, result.ecp, color="#d94801", linewidth=1.6, label="ECP")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
-    ax.set_xlabel("credibility level α")
-    ax.set_ylabel("expected coverage")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+def _finish(ax: Any, title: str, head: str) -> None:
     ax.legend(fontsize=7, loc="upper left")
-    head = f"TARP: {result.n_trials} trials, L = {result.n_draws}; KS p = {result.pvalue:.2g}, max |ECP − α| = {result.max_deviation:.3f}"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=8)
+
+
+def tarp_figure(result: TARPResult, title: str = "") -> Figure:
+    """ECP(α) with its simultaneous bootstrap band, and the diagonal."""
+    fig, ax = _square_axes("credibility level α", "expected coverage")
+    ax.fill_between(result.alpha, result.lower, result.upper, color="#c6dbef", label=f"{result.confidence:.0%} bootstrap band")
+    ax.plot(result.alpha, result.ecp, color="#d94801", linewidth=1.6, label="ECP")
+    _finish(ax, title, f"TARP: {result.n_trials} trials, L = {result.n_draws}; KS p = {result.pvalue:.2g}, max |ECP − α| = {result.max_deviation:.3f}")
     return fig
 
 
 def coverage_figure(result: CoverageResult, title: str = "") -> Figure:
     """Per-pixel and joint coverage against the attained level, with Wilson intervals."""
-    fig = Figure(figsize=(4.2, 4.0), dpi=110, layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle="--", label="calibrated")
+    fig, ax = _square_axes("credibility level", "coverage")
     for kind, colour, offset in (("pixel", "#d94801", -0.006), ("joint", "#2171b5", 0.006)):
         level = np.array([getattr(e, f"{kind}_level") for e in result.levels])
         value = np.array([getattr(e, kind) for e in result.levels])
         interval = np.array([getattr(e, f"{kind}_interval") for e in result.levels])
         err = np.abs(interval.T - value)
         ax.errorbar(level + offset, value, yerr=err, fmt="o", color=colour, capsize=3, markersize=4, label=f"{kind} ({result.confidence:.0%} interval)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("credibility level")
-    ax.set_ylabel("coverage")
-    ax.legend(fontsize=7, loc="upper left")
     design = f"{result.n_trials} trials of {result.n_groups} truths" if result.n_groups < result.n_trials else f"{result.n_trials} trials"
-    head = f"Replicated coverage: {design}, L = {result.n_draws}, {result.projections} projections"
-    ax.set_title(f"{title}\n{head}" if title else head, fontsize=8)
+    _finish(ax, title, f"Replicated coverage: {design}, L = {result.n_draws}, {result.projections} projections")
     return fig
