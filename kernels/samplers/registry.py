@@ -16,7 +16,7 @@ from uqcampaign.kernels.samplers.map_hqs import HQSConfig, HQSSampler
 from uqcampaign.kernels.samplers.map_latent import LatentMAPConfig, LatentMAPSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
-__all__ = ["SAMPLER_KINDS", "POINT_ESTIMATE_KINDS", "build_sampler"]
+__all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "POINT_ESTIMATE_KINDS", "build_sampler"]
 
 _REGISTRY: dict[str, tuple[type, type]] = {
     "exact": (ExactSampler, ExactConfig),
@@ -28,6 +28,8 @@ _REGISTRY: dict[str, tuple[type, type]] = {
     "map-latent": (LatentMAPSampler, LatentMAPConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
+# kind -> config dataclass: its fields are the kind's keys, its docstring their documentation (`uqc kinds`)
+SAMPLER_CONFIGS: dict[str, type] = {kind: config for kind, (_, config) in _REGISTRY.items()}
 # kinds that return one point estimate per chain (one draw, no posterior): never calibrated, compared with the posterior mean
 POINT_ESTIMATE_KINDS: tuple[str, ...] = ("map-hqs", "map-admm", "map-latent")
 
