@@ -180,6 +180,8 @@ def _chi2_block(
     """
     import torch
 
+    from uqcampaign.kernels.plausibility import data_fidelity
+
     (m0, m1), (c0, c1), (d0, d1) = block_info[None]["array-location"]
     img_shape = tuple(samples.shape[3:])
     op = _operator(spec_json, img_shape, root)
@@ -190,8 +192,7 @@ def _chi2_block(
     step = max(1, batch_bytes // (8 * 4 * int(np.prod(img_shape))))  # float64 images, A x, residual
     with torch.no_grad():
         for i in range(0, images.shape[0], step):
-            resid = op.A(images[i : i + step].double()).reshape(-1, target.shape[1]) - target[i : i + step]
-            chi2[i : i + step] = (resid.square().sum(dim=1) / (sigma**2 * resid.shape[1])).numpy()
+            chi2[i : i + step] = data_fidelity(images[i : i + step], target[i : i + step].reshape(-1, *op.obs_shape), op, sigma).numpy()
     chi2 = chi2.reshape(k, cc, cd)
     chi2[np.broadcast_to(np.arange(d0, d1)[None, None, :] >= used[m0:m1, None, None], chi2.shape)] = np.nan
     return chi2
