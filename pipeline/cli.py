@@ -1,16 +1,18 @@
-"""The ``uqc`` command line (DESIGN §7): run, reduce, maps, report, inspect, demo, train-prior.
+"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, export, inspect, demo, train-prior.
 
 Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
 User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
-stderr and exit with code 2; ``uqc --debug COMMAND`` shows the traceback instead. Usage errors
-(an option below its ``min=``, a missing argument, an unknown option or command) are one line
-with exit code 2 too.
+stderr and exit with code 2 (several problems found at once, :class:`UQErrors`, print one
+such line each); ``uqc --debug COMMAND`` shows the traceback instead. Usage errors (an option
+below its ``min=``, a missing argument, an unknown option or command) are one line with exit
+code 2 too. Results go to stdout, progress bars and messages about the work to stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -19,7 +21,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.errors import UQError, UQErrors
 
 try:  # recent typer ships its own copy of click
     from typer._click.exceptions import UsageError
@@ -28,7 +30,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 
 __all__ = ["app", "main"]
 
-console = Console()
+console = Console(soft_wrap=True)  # results are not wrapped: a long path stays on one line
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -71,10 +73,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _options: dict[str, bool] = {"debug": False}  # global CLI flags, set by the app callback
 
 
-def _one_line(exc: BaseException) -> str:
-    """The user-facing one-line message of a user error."""
+def _one_line(exc: BaseException | str) -> str:
+    """The user-facing one-line message of a user error (or of one line of a :class:`UQErrors`)."""
     from pydantic import ValidationError
 
+    if isinstance(exc, str):
+        return " ".join(exc.split())
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "value"
@@ -99,7 +103,8 @@ def handled(func: F) -> F:
         except _user_errors() as exc:
             if _options["debug"]:
                 raise
-            err_console.print(f"error: {_one_line(exc)}", markup=False)
+            for message in exc.messages if isinstance(exc, UQErrors) else [exc]:
+                err_console.print(f"error: {_one_line(message)}", markup=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: finished chunks are kept; rerun the same command to resume", markup=False)
@@ -108,8 +113,23 @@ def handled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("uqcampaign")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+            version = "unknown (not installed: pip install -e .)"
+        console.print(f"uqc (uqcampaign) {version}", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors.")) -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors."),
+    version: bool = typer.Option(False, "--version", help="Print the installed uqcampaign version and exit.", callback=_print_version, is_eager=True),
+) -> None:
     """uqcampaign: run sampling campaigns into a Zarr store, reduce them, map and report them."""
     _options["debug"] = debug
 
@@ -120,7 +140,10 @@ def run(
     campaign: Path = typer.Argument(..., help="Campaign YAML file."),
     address: Optional[str] = typer.Option(None, help="Ray address: local, auto, ray://host:10001 or in-process (default: the file's cluster.address)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a store of the same campaign (always safe: draws depend only on the seed)."),
-    force: bool = typer.Option(False, "--force", help="Delete a store written by another campaign (says what it removes first)."),
+    force: bool = typer.Option(False, "--force", help="Replace a store written by another campaign (says what it removes first)."),
+    delete_draws: bool = typer.Option(
+        False, "--delete-draws", help="With --force: confirm that the replaced store's draws are deleted (--force alone refuses when it holds draws)."
+    ),
     in_process: bool = typer.Option(False, "--in-process", help="Run in this process, without Ray."),
     workers: Optional[int] = typer.Option(None, min=1, help="Number of Ray workers (default: the file's cluster.workers)."),
     gpus_per_worker: Optional[float] = typer.Option(None, min=0, help="GPUs per Ray worker (default: the file's cluster.gpus_per_worker)."),
@@ -134,7 +157,7 @@ def run(
     if in_process or address == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
-        result = run_campaign(spec, resume=resume, force=force, progress=progress, console=err_console)
+        result = run_campaign(spec, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=err_console)
     else:
         if address == "local":
             from uqcampaign.cluster.connect import name_local_auth_mode
@@ -149,12 +172,66 @@ def run(
             gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else spec.cluster.gpus_per_worker,
             resume=resume,
             force=force,
+            delete_draws=delete_draws,
             progress=progress,
             console=err_console,
         )
     seconds = getattr(result, "seconds", None)
     took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
     console.print(f"store: {spec.store_location}{took}", markup=False)
+
+
+@app.command()
+@handled
+def validate(
+    campaign: Path = typer.Argument(..., help="Campaign YAML file."),
+    probe_seconds: float = typer.Option(3.0, "--probe-seconds", min=0.0, help="How long to probe the speed on the first unit (in memory)."),
+) -> None:
+    """Check a campaign as `uqc run` would and print its units, store size, memory, NFE and time; write nothing."""
+    from uqcampaign.pipeline.config import load_campaign
+    from uqcampaign.pipeline.validate import report_lines, validate_campaign
+
+    result = validate_campaign(load_campaign(campaign), probe_seconds=probe_seconds)
+    for line in report_lines(result, str(campaign)):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+@app.command()
+@handled
+def kinds(
+    group: Optional[str] = typer.Argument(None, help="sampler, operator or prior (or a kind's name)."),
+    name: Optional[str] = typer.Argument(None, help="A kind of that group: print its keys."),
+) -> None:
+    """List the sampler, operator and prior kinds; for one kind, its keys with type, default, meaning and reference."""
+    from uqcampaign.pipeline.kinds import GROUPS, find_kind, kind_doc, kinds_of
+
+    if group is not None and group not in GROUPS:
+        if name is not None:
+            raise UQError(f"unknown group {group!r}; give sampler, operator or prior, e.g. `uqc kinds sampler {name}`")
+        group, name = find_kind(group)
+    if name is None:
+        for g in GROUPS if group is None else (group,):
+            console.print(f"{g} kinds (`uqc kinds {g} NAME` for the keys):", markup=False)
+            docs = [kind_doc(g, k) for k in kinds_of(g)]
+            width = max(len(d.kind) for d in docs)
+            for doc in docs:
+                console.print(f"  {doc.kind:<{width}}  {doc.summary}", markup=False, soft_wrap=True)
+        return
+    doc = kind_doc(group, name)
+    console.print(f"{group} {doc.kind}: {doc.summary}", markup=False, soft_wrap=True)
+    console.print(f"Reference: {doc.reference or '-'}", markup=False, soft_wrap=True)
+    if not doc.keys:
+        console.print("Keys: none (write just `kind: " + doc.kind + "`)", markup=False)
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"Keys of {group} {doc.kind}", title_justify="left")
+    for column in ("key", "type", "default", "meaning"):
+        table.add_column(column, no_wrap=column != "meaning", overflow="fold")
+    for key in doc.keys:
+        table.add_row(key.name, key.type or "-", key.default or "-", key.meaning, style=None)
+    console.print(table, markup=False)
 
 
 @app.command()
@@ -173,52 +250,90 @@ def reduce(
     console.print(f"summary written to {store}/summary", markup=False)
 
 
+_REDUCE_HELP = "Reduce first when the summary is missing or stale (else that is an error naming `uqc reduce`)."
+
+
 @app.command()
 @handled
 def maps(
     store: str = typer.Argument(..., help="Store path or URL."),
     out: Path = typer.Option(..., "--out", help="Folder for the PNG files."),
+    reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
 ) -> None:
     """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, CI width, |error|, R-hat."""
     from uqcampaign.pipeline.maps import write_maps
 
-    paths = write_maps(store, out)
+    paths = write_maps(store, out, reduce=reduce, say=lambda text: err_console.print(text, markup=False))
     console.print(f"{len(paths)} PNG files in {out}", markup=False)
 
 
 @app.command()
 @handled
-def report(store: str = typer.Argument(..., help="Store path or URL.")) -> None:
+def report(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs)."),
+    reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
+) -> None:
     """Print the per-measurement table: coverage, max R-hat, min ESS, chi2."""
-    from uqcampaign.pipeline.report import print_report
+    from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_rows
 
-    print_report(store, console)
+    if format not in REPORT_FORMATS:
+        raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
+    say = lambda text: err_console.print(text, markup=False)  # noqa: E731
+    if format == "table":
+        print_report(store, console, reduce=reduce, say=say)
+    else:
+        print(format_rows(report_rows(store, reduce=reduce, say=say), format), end="")
+
+
+@app.command()
+@handled
+def export(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    out: Path = typer.Option(..., "--out", help="netCDF file to write (ArviZ InferenceData)."),
+    measurement: Optional[int] = typer.Option(None, "--measurement", min=0, help="Export this measurement only (default: all)."),
+) -> None:
+    """Write the store as an ArviZ InferenceData netCDF file: posterior, observed_data, constant_data, sample_stats."""
+    from uqcampaign.pipeline.export import export_store
+
+    path = export_store(store, out, measurement, say=lambda text: err_console.print(text, markup=False))
+    console.print(f"InferenceData written to {path} (read it with arviz.from_netcdf)", markup=False)
 
 
 @app.command()
 @handled
 def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None:
-    """Say what a store holds and how far its campaign got."""
+    """Say what a store holds, how far its campaign got, who writes it and whether its summary is up to date."""
     import numpy as np
     from rich.table import Table
 
-    from uqcampaign.pipeline.store import open_store
+    from uqcampaign.pipeline.lease import current_holder
+    from uqcampaign.pipeline.location import Location
+    from uqcampaign.pipeline.store import is_legacy, json_attr, obs_array, open_store, read_unit_stats, store_sizes
+    from uqcampaign.pipeline.summary import summary_status
 
     group = open_store(store)
     attrs = dict(group.attrs)
-    campaign = attrs.get("campaign", {})
+    campaign = json_attr(group, "campaign") or {}
     samples = group["samples"]
     done = np.asarray(group["draws_done"][...])
-    draws = int(campaign.get("draws", samples.shape[2]))
+    sizes = store_sizes(group)
+    draws = sizes.draws
     console.print(f"store:    {store}", markup=False)
     console.print(f"campaign: {campaign.get('name', '?')} (config hash {str(attrs.get('config_hash'))[:12]}, created {attrs.get('created', '?')})", markup=False)
+    if is_legacy(group):
+        console.print("layout:   1 (uqcampaign 0.1): readable by reduce, report, maps, export; `uqc run` does not extend it", markup=False)
     console.print(
         f"samples:  {' x '.join(map(str, samples.shape))} (measurement, chain, draw, channel, y, x), chunks {' x '.join(map(str, samples.chunks))}",
         markup=False,
     )
-    console.print(f"y:        {' x '.join(map(str, group['y'].shape))}; x_true: {'yes' if 'x_true' in group else 'no'}", markup=False)
+    obs = obs_array(group)
+    console.print(f"{obs.basename + ':':9} {' x '.join(map(str, obs.shape))}; x_true: {'yes' if 'x_true' in group else 'no'}", markup=False)
     for key in ("operator", "prior", "sampler"):
-        console.print(f"{key + ':':9} {attrs.get(key)}", markup=False)
+        console.print(f"{key + ':':9} {json.dumps(json_attr(group, key))}", markup=False)
+    growing = json_attr(group, "growing")
+    if growing:
+        console.print(f"growing:  interrupted while growing to {growing}; rerun the campaign to finish", markup=False)
     table = Table(title="draws done")
     for column in ("measurement", "chains complete", "chain-draws done", "of"):
         table.add_column(column, justify="right")
@@ -227,8 +342,6 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
     console.print(table)
     total = draws * done.size
     console.print(f"total:    {int(done.sum())}/{total} chain-draws ({100 * done.sum() / max(total, 1):.1f} %)", markup=False)
-    from uqcampaign.pipeline.store import read_unit_stats
-
     stats = read_unit_stats(group)
     if stats:
         workers = sorted({s.worker for s in stats})
@@ -237,8 +350,16 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
             f"{len(workers)} worker(s), devices {', '.join(sorted({s.device for s in stats}))}",
             markup=False,
         )
-    summary = "summary" in group and len(list(group["summary"].array_keys())) > 0
-    console.print(f"summary:  {'present' if summary else 'absent (run `uqc reduce STORE`)'}", markup=False)
+    holder = current_holder(Location.of(group))
+    console.print(f"writer:   {'held by ' + holder.describe() if holder else 'none (the store is free)'}", markup=False)
+    status = summary_status(group)
+    if status.state == "missing":
+        text = f"absent (run `uqc reduce {store}`)"
+    elif status.state == "fresh":
+        text = f"present, up to date ({status.summarised} chain-draws)"
+    else:
+        text = f"present but stale: {status.describe(store)}"
+    console.print(f"summary:  {text}", markup=False)
 
 
 @app.command()

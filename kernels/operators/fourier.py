@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,11 +55,30 @@ class FourierDiagonalOperator(LinearOperator):
     def norm_sq(self) -> float:
         return float(self.gram_hat.max())
 
+    def obs_cov_logdet(self, s2: float, c: float) -> float:
+        """Sylvester: ``log det(s2 I_m + c A Aᵀ) = m log s2 + Σ_k log(1 + c g(k)/s2)`` over the full DFT grid
+        of every channel (``g`` is held on the ``rfft2`` half grid: columns ``1 … ⌈W/2⌉−1`` stand for two)."""
+        self._check_cov(s2, c)
+        w = self.img_shape[2]
+        multiplicity = torch.full((w // 2 + 1,), 2.0, dtype=torch.float64)
+        multiplicity[0] = 1.0
+        if w % 2 == 0:
+            multiplicity[-1] = 1.0
+        per_channel = self.img_shape[0] // self.gram_hat.shape[0]
+        spectrum = (torch.log1p(c * self.gram_hat / s2) * multiplicity).sum() * per_channel
+        return math.prod(self.obs_shape) * math.log(s2) + float(spectrum)
+
 
 class Blur(FourierDiagonalOperator):
-    """Circular convolution with a normalised Gaussian kernel, by FFT; obs ``(C, H, W)``.
+    """Deblurring: circular convolution with a normalised Gaussian kernel, by FFT; obs ``(C, H, W)``.
 
-    Spec ``{kind: blur, sigma: 2.0, size: 9}`` (``size`` odd, ≤ H and W). ``A x = F⁻¹[K̂ · F x]``,
+    Reference: Hansen, Nagy & O'Leary 2006, Deblurring Images: Matrices, Spectra, and Filtering, SIAM (periodic boundary conditions).
+
+    Keys:
+        sigma: standard deviation of the Gaussian kernel, in pixels (> 0).
+        size: width of the square kernel in pixels: odd, at most H and W.
+
+    Spec ``{kind: blur, sigma: 2.0, size: 9}``. ``A x = F⁻¹[K̂ · F x]``,
     ``Aᵀ y = F⁻¹[conj(K̂) · F y]`` (correlation), ``g = |K̂|²``. ``pinv`` is the truncated inverse
     filter: frequencies with ``|K̂| ≤ PINV_RTOL · max|K̂|`` are set to zero, which is
     ``torch.linalg.pinv(matrix(), rtol=PINV_RTOL)``.
@@ -100,16 +120,26 @@ class Blur(FourierDiagonalOperator):
     def A_T(self, y: Tensor) -> Tensor:
         return self._filter(y, _cast(self.kernel_hat, y).conj())
 
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """A convolution is normal (``A Aᵀ = AᵀA``): ``F⁻¹[F r / (s2 + c g)]``."""
+        self._check_cov(s2, c)
+        return self._filter(r, 1.0 / (s2 + c * _cast(self.gram_hat, r)))
+
 
 class MRI(FourierDiagonalOperator):
-    """Single-coil MRI: orthonormal 2-D FFT, k-space centred (``fftshift``), then a 0/1 sampling mask.
+    """Single-coil MRI: orthonormal 2-D FFT, k-space centred, then a 0/1 mask of sampled columns; obs ``(C, H, W, 2)``.
 
-    ``y = M ⊙ fftshift(F x)`` stored as a real tensor, obs ``(C, H, W, 2)`` (real, imaginary).
-    Spec ``{kind: mri, acceleration: 4, center_fraction: 0.08, seed: 0}`` samples whole k-space
-    columns (the last axis): the ``max(1, round(W·center_fraction))`` centre columns and random
-    others, ``max(n_centre, round(W/acceleration))`` in all (exact acceleration, numpy
-    ``default_rng(seed)``); or ``{kind: mri, mask: file.npy}`` with a ``(H, W)`` or ``(C, H, W)`` 0/1
-    mask in the same centred order.
+    ``y = M ⊙ fftshift(F x)`` stored as a real tensor (real, imaginary). Spec ``{kind: mri,
+    acceleration: 4, center_fraction: 0.08, seed: 0}`` or ``{kind: mri, mask: file.npy}``.
+
+    Reference: Zbontar et al. 2018, fastMRI, arXiv:1811.08839 (random column masks with a fully sampled centre).
+
+    Keys:
+        acceleration: W / (columns sampled), >= 1: max(n_centre, round(W/acceleration)) columns in all.
+        center_fraction: fraction of the W columns sampled around the centre of k-space, in (0, 1]:
+            n_centre = max(1, round(W·center_fraction)).
+        seed: seed of numpy.random.default_rng that draws the other sampled columns.
+        mask: a .npy file of 0/1 values, (H, W) or (C, H, W), in the centred k-space order, instead of the three keys above.
 
     For real ``x``, ``AᵀA = Re(Fᴴ M F) = Fᴴ M_s F`` with the symmetrised mask
     ``M_s(k) = (M(k) + M(−k))/2`` (``F x`` is Hermitian), so ``g = M_s``.
@@ -152,3 +182,23 @@ class MRI(FourierDiagonalOperator):
     def A_T(self, y: Tensor) -> Tensor:
         k = _cast(self.mask, y) * torch.view_as_complex(y.contiguous())
         return torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho").real
+
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """``(s2 I + c A Aᵀ)⁻¹ r`` in k-space, exact and without cancellation.
+
+        With ``u`` the complex k-space field of ``r`` (DFT order) and ``(J u)(k) = conj(u(−k))``,
+        ``A Aᵀ = M (I + J)/2 M`` (``F`` of a real image is Hermitian). Unsampled ``k``: ``u/s2``.
+        Sampled ``k`` whose mirror ``−k`` is sampled too (``k = −k`` included): ``J`` is an involution
+        there, ``(s2 I + c(I+J)/2)⁻¹ = a I + b J`` with ``a = (2 s2 + c)/(2 s2 (s2 + c))``,
+        ``b = −c/(2 s2 (s2 + c))``. Sampled ``k`` with unsampled mirror: ``u/(s2 + c/2)``.
+        """
+        self._check_cov(s2, c)
+        mask = torch.fft.ifftshift(_cast(self.mask, r), dim=(-2, -1))  # DFT order
+        mirror = torch.roll(torch.flip(mask, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))  # M(−k)
+        both = mask * mirror
+        a = both * (2 * s2 + c) / (2 * s2 * (s2 + c)) + (mask - both) / (s2 + c / 2) + (1 - mask) / s2
+        b = -both * c / (2 * s2 * (s2 + c))
+        u = torch.fft.ifftshift(torch.view_as_complex(r.contiguous()), dim=(-2, -1))
+        u_mirror = torch.roll(torch.flip(mask * u, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1)).conj()  # J(M u)
+        x = a * u + b * u_mirror
+        return torch.view_as_real(torch.fft.fftshift(x, dim=(-2, -1))).contiguous()

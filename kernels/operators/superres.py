@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ __all__ = ["SuperResolution"]
 
 
 class SuperResolution(LinearOperator):
-    """Average pooling by ``factor`` f: obs ``(C, H/f, W/f)``. Spec ``{kind: superres, factor: 2}``.
+    """Super-resolution: average pooling by an integer factor f; obs ``(C, H/f, W/f)``.
+
+    Spec ``{kind: superres, factor: 2}``.
+
+    Reference: deepinv.physics.Downsampling with a box filter.
+
+    Keys:
+        factor: the integer f; it must divide H and W.
 
     ``Aᵀ y`` = nearest upsampling / f², so ``A Aᵀ = I/f²``. Woodbury:
     ``(AᵀA/σ² + I/δ)⁻¹ = δ I − δ² AᵀA / (σ² + δ/f²)``; and ``A⁺ = Aᵀ(A Aᵀ)⁻¹ = f² Aᵀ``.
@@ -57,3 +65,12 @@ class SuperResolution(LinearOperator):
 
     def norm_sq(self) -> float:
         return 1.0 / self.factor**2
+
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """``A Aᵀ = I/f²``: ``r / (s2 + c/f²)``."""
+        self._check_cov(s2, c)
+        return r / (s2 + c / self.factor**2)
+
+    def obs_cov_logdet(self, s2: float, c: float) -> float:
+        self._check_cov(s2, c)
+        return math.prod(self.obs_shape) * math.log(s2 + c / self.factor**2)

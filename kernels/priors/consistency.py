@@ -126,7 +126,7 @@ class ConsistencyPrior(NetworkPrior):
 def load_consistency_prior(spec: dict[str, Any], root: Path | str | None = None) -> ConsistencyPrior:
     """A ``ConsistencyModelPipeline`` folder (or a bare ``UNet2DModel`` folder with a scheduler) as a one-step map.
 
-    Reference: Song, Dhariwal, Chen & Sutskever 2023, ICML (consistency models), eq. 7 and Algorithm 1.
+    Reference: Song, Dhariwal, Chen & Sutskever 2023, ICML, "Consistency models", eq. 7 and Algorithm 1.
 
     Keys:
         path: the model folder (relative to the campaign file): a pipeline folder written by save_pretrained,

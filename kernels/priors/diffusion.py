@@ -165,7 +165,7 @@ class DiffusionPrior(NetworkPrior):
 def load_diffusion_prior(spec: dict[str, Any], root: Path | str | None = None) -> DiffusionPrior:
     """A ``DDPMPipeline``/``DDIMPipeline`` folder (or a bare ``UNet2DModel`` folder with a scheduler) as a denoiser.
 
-    Reference: Ho, Jain & Abbeel 2020 (DDPM); Tweedie's formula, Efron 2011.
+    Reference: Ho, Jain & Abbeel 2020, NeurIPS, "Denoising diffusion probabilistic models"; Efron 2011, JASA 106 (Tweedie's formula).
 
     Keys:
         path: the model folder (relative to the campaign file): a pipeline folder written by save_pretrained,

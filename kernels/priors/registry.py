@@ -9,7 +9,9 @@ kind                   spec
 =====================  ==============================================================
 ``gaussian``           ``{file: g.npz}`` (keys ``mean (C,H,W)`` and ``variance (C,H,W)``
                        or ``covariance (d,d)``) or ``{shape: [1,8,8], mean: 0.5, variance: 0.04}``
-``gmm``                ``{file: x.npz}`` (keys ``weights (K,)``, ``means``, ``variances (K,C,H,W)``)
+``gmm``                ``{file: x.npz}`` (keys ``weights (K,)``, ``means``, ``variances (K,C,H,W)``;
+                       a conditional mixture: ``logit_weights (K,k)`` and ``condition (k,)``,
+                       the spec's ``condition: [...]`` replacing the file's)
 ``diffusion``          ``{path: folder}`` (a diffusers ``save_pretrained`` folder, a hub-cache folder or a
                        cached hub id) plus ``data_range``, ``variant``, ``dtype``, ``scheduler``, ``class_label``, ...
 ``consistency``        ``{path: folder}`` plus the same keys
@@ -30,7 +32,7 @@ from typing import Any
 from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.priors.base import Prior
 
-__all__ = ["PRIOR_KINDS", "PRIOR_KEYS", "build_prior", "check_prior_spec", "resolve_path", "check_keys"]
+__all__ = ["PRIOR_KINDS", "PRIOR_KEYS", "build_prior", "prior_loader", "check_prior_spec", "resolve_path", "check_keys"]
 
 _LOADERS: dict[str, str] = {
     "gaussian": "uqcampaign.kernels.priors.gaussian_mixture:load_gaussian_prior",
@@ -46,7 +48,7 @@ _PIXEL_NETWORK_KEYS = ("path", "img_shape", "image_size", "data_range", "image_r
                        "class_label", "sample_steps")
 PRIOR_KEYS: dict[str, tuple[str, ...]] = {
     "gaussian": ("file", "shape", "mean", "variance", "img_shape", "components", "covariance"),
-    "gmm": ("file", "img_shape", "components", "covariance"),
+    "gmm": ("file", "condition", "img_shape", "components", "covariance", "condition_dim"),
     "diffusion": _PIXEL_NETWORK_KEYS,
     "consistency": _PIXEL_NETWORK_KEYS,
     "latent-consistency": ("path", "prompt", "guidance_scale", "img_shape", "image_size", "data_range", "image_range",
@@ -60,10 +62,15 @@ def build_prior(spec: Mapping[str, Any], root: Path | str | None = None) -> Prio
     Keys whose value is ``None`` are dropped first (a config model dumps unset fields as ``None``).
     """
     kind = check_prior_spec(spec)
-    module_name, function_name = _LOADERS[kind].split(":")
-    loader: Callable[[dict[str, Any], Path | None], Prior] = getattr(importlib.import_module(module_name), function_name)
     cleaned = {key: value for key, value in spec.items() if value is not None}
-    return loader(cleaned, None if root is None else Path(root))
+    return prior_loader(kind)(cleaned, None if root is None else Path(root))
+
+
+def prior_loader(kind: str) -> Callable[[dict[str, Any], Path | None], Prior]:
+    """The loader function of ``kind`` (imported now); its docstring documents the kind's keys (`uqc kinds`)."""
+    require(kind in _LOADERS, f"unknown prior kind {kind!r}; choose one of {', '.join(PRIOR_KINDS)}")
+    module_name, function_name = _LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def check_prior_spec(spec: Any) -> str:
