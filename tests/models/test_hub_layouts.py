@@ -22,9 +22,11 @@ from uqcampaign.pipeline.cli import app
 
 runner = CliRunner()
 
-PIXEL_SAMPLERS = ("ula", "dps", "latino")
+PIXEL_SAMPLERS = ("ula", "skrock", "dps", "latino")
+# the Langevin samplers box the chains by the prior's support() (from data_range) and start them at prior.sample draws
 SAMPLERS: dict[str, dict[str, Any]] = {
-    "ula": {"kind": "ula", "burn_in": 2, "thin": 1},
+    "ula": {"kind": "ula", "burn_in": 2, "thin": 1, "box": "auto", "init": "prior"},
+    "skrock": {"kind": "skrock", "stages": 2, "burn_in": 2, "thin": 1, "box": "auto", "init": "prior"},
     "dps": {"kind": "dps", "steps": 3},
     "latino": {"kind": "latino", "steps": 2},
 }
@@ -93,7 +95,8 @@ def test_layout_runs_a_campaign(workdir: Path, hub_layouts, layout: str, sampler
         assert described.get(key) == value, (key, described)
     assert described["network_calls"] == calls
     nfe = float(np.asarray(group["units"]["nfe_per_draw"][0, 0]))
-    per_draw = {"ula": 1 + 2 / 2, "dps": 3, "latino": 2}[sampler] * calls  # ULA: thin 1 + burn_in 2 spread over 2 draws
+    # ULA: thin 1 + burn_in 2 spread over 2 draws; SK-ROCK: the same × 2 stages; the prior.sample start is not counted
+    per_draw = {"ula": 1 + 2 / 2, "skrock": 2 * (1 + 2 / 2), "dps": 3, "latino": 2}[sampler] * calls
     assert nfe == pytest.approx(per_draw), (nfe, per_draw)
     assert not (Path(hub_layouts["sd15"]).parent / "unpickled.txt").exists()  # the stray .bin was never opened
 
@@ -236,3 +239,30 @@ def test_condition_argument_is_differentiable(hub_layouts, layout: str, spec: di
     grads = torch.autograd.grad(out.square().sum(), condition if isinstance(condition, tuple) else (condition,))
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     assert (layout == "sdxl") == isinstance(prior.condition, tuple)
+
+
+@pytest.mark.parametrize("kind, layout", [("diffusion", "ddpm"), ("consistency", "cm")])
+def test_langevin_box_and_start_come_from_the_learned_prior(hub_layouts, kind: str, layout: str) -> None:
+    """box: auto is the prior's support() (data_range [-1, 1] → [-1, 2] in campaign units, every pixel);
+    init: prior starts each chain at its own prior.sample draw from the unit's generator (campaign units);
+    project keeps every draw inside that box."""
+    from uqcampaign.kernels.operators.registry import build_operator
+    from uqcampaign.kernels.priors.registry import build_prior
+    from uqcampaign.kernels.samplers.base import chains_measurement
+    from uqcampaign.kernels.samplers.langevin import langevin_parameters, start
+    from uqcampaign.kernels.samplers.registry import build_sampler
+    from uqcampaign.kernels.samplers.ula import ULAConfig
+
+    prior = build_prior({"kind": kind, "path": str(hub_layouts[layout]), "sample_steps": 2})
+    operator = build_operator({"kind": "inpaint", "fraction": 0.5, "seed": 0}, prior.img_shape)
+    y = operator.A(0.5 * torch.ones(1, *prior.img_shape, dtype=torch.float64))[0]
+    params = langevin_parameters(ULAConfig(box="auto"), operator, prior, 0.1, 1.0, 1 / 3, "ula")
+    lo, hi = params.box
+    assert lo.shape == hi.shape == prior.img_shape and bool((lo == -1.0).all() & (hi == 2.0).all())
+    x0 = start("prior", chains_measurement(y, 3), operator, prior, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x0, prior.sample(3, torch.Generator().manual_seed(5)).to(torch.float64))
+    assert float(x0.std()) > 0.05 and not torch.equal(x0[0], x0[1])  # independent draws, not one point
+    sampler = build_sampler({"kind": "ula", "burn_in": 1, "thin": 1, "box": "auto", "box_rule": "project", "init": "prior"})
+    draws = list(sampler.run(y, operator, prior, 0.1, 3, 2, torch.Generator().manual_seed(5)))
+    x = torch.stack([d.x for d in draws])
+    assert bool((x >= -1.0).all() & (x <= 2.0).all()) and torch.isfinite(x).all()
