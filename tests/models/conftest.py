@@ -123,12 +123,12 @@ def _sd_scheduler():
 
 def _write_lora(base_unet, out: Path) -> None:
     """An LCM-LoRA-like adapter of ``base_unet``'s attention projections, made with peft, saved as diffusers does."""
+    import copy
+
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-
-    import copy
 
     unet = copy.deepcopy(base_unet)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights="gaussian"))

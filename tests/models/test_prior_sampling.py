@@ -110,7 +110,7 @@ def test_mixture_moment_z_is_standard_on_exact_draws() -> None:
     assert float(z_wide.min()) > 3.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gmm8_figures(name: str, kind: str, steps: int | None, ddim: bool = False):
     """1000 draws of the shipped prior ``name`` scored against the gmm8 mixture it was trained on (cached per session)."""
     from uqcampaign.kernels.problems import score_prior_draws
