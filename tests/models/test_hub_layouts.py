@@ -29,7 +29,14 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     "skrock": {"kind": "skrock", "stages": 2, "burn_in": 2, "thin": 1, "box": "auto", "init": "prior"},
     "dps": {"kind": "dps", "steps": 3},
     "latino": {"kind": "latino", "steps": 2},
+    "tds": {"kind": "tds", "runs": 1, "particles": 4, "steps": 3},
+    "smc-anneal": {"kind": "smc-anneal", "runs": 1, "particles": 4, "steps": 3},
+    "map-hqs": {"kind": "map-hqs", "iterations": 2, "anneal": 2},
+    "map-admm": {"kind": "map-admm", "iterations": 2, "anneal": 2},
+    "latino-pro": {"kind": "latino-pro", "iterations": 1, "steps": 2, "final_steps": 2, "decay_after": 0},
+    "map-latent": {"kind": "map-latent", "steps": 2},
 }
+POINT_ESTIMATES = ("map-hqs", "map-admm", "map-latent")  # one draw per chain
 # layout -> (prior spec, samplers it allows, expected describe() entries, network calls per denoiser/consistency call)
 CASES: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, Any], int]] = {
     "ddpm": ({"kind": "diffusion", "path": "ddpm"}, PIXEL_SAMPLERS,
@@ -54,15 +61,19 @@ CASES: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, Any], int]] = 
     "hub-cache": ({"kind": "diffusion", "path": "hub-cache/models--tiny--ddpm"}, PIXEL_SAMPLERS, {"data_range": [-1.0, 1.0]}, 1),
 }
 RUNS = [(name, sampler) for name, (_, samplers, _, _) in CASES.items() for sampler in samplers]
+# the SMC, MAP and LATINO-PRO samplers: on one layout of each prior kind (they share the loaders exercised above)
+RUNS += [("ddpm", "tds"), ("ddpm", "smc-anneal"), ("ddpm", "map-hqs"), ("ddpm", "map-admm"), ("cm-class", "tds"),
+         ("cm-class", "map-hqs"), ("sd15-lora", "latino-pro"), ("sd15-lora", "map-latent"), ("lcm", "latino-pro")]
 
 
 def _campaign(folder: Path, prior: dict[str, Any], sampler: str, name: str = "campaign") -> Path:
-    """A one-unit campaign (1 simulated measurement, 2 chains × 2 draws) in the layouts' folder."""
+    """A one-unit campaign (1 simulated measurement, 2 chains × 2 draws, 1 for point estimates) in the layouts' folder."""
+    draws = 1 if sampler in POINT_ESTIMATES else 2
     spec = {
         "name": name, "store": f"{name}.zarr", "seed": 1, "data": {"simulate": {"count": 1}},
         "operator": {"kind": "inpaint", "fraction": 0.5, "seed": 0}, "noise": {"sigma": 0.1},
-        "prior": {"sample_steps": 2, **prior}, "sampler": SAMPLERS[sampler], "chains": 2, "draws": 2,
-        "chunks": {"chains": 2, "draws": 2}, "cluster": {"address": "in-process"},
+        "prior": {"sample_steps": 2, **prior}, "sampler": SAMPLERS[sampler], "chains": 2, "draws": draws,
+        "chunks": {"chains": 2, "draws": draws}, "cluster": {"address": "in-process"},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -86,8 +97,9 @@ def test_layout_runs_a_campaign(workdir: Path, hub_layouts, layout: str, sampler
     assert result.exit_code == 0, (result.output, result.exception)
     group = zarr.open_group(str(workdir / f"{layout}-{sampler}.zarr"), mode="r")
     samples = np.asarray(group["samples"][...])
-    assert samples.shape[:3] == (1, 2, 2) and np.isfinite(samples).all()
-    assert int(np.asarray(group["draws_done"][...]).min()) == 2
+    draws = 1 if sampler in POINT_ESTIMATES else 2
+    assert samples.shape[:3] == (1, 2, draws) and np.isfinite(samples).all()
+    assert int(np.asarray(group["draws_done"][...]).min()) == draws
     truth = np.asarray(group["x_true"][...])  # drawn by prior.sample: campaign units, the [0, 1] images of the hub range
     assert np.isfinite(truth).all() and -0.5 < truth.mean() < 1.5
     described = json.loads(group.attrs["prior"]) if isinstance(group.attrs["prior"], str) else dict(group.attrs["prior"])
@@ -95,8 +107,13 @@ def test_layout_runs_a_campaign(workdir: Path, hub_layouts, layout: str, sampler
         assert described.get(key) == value, (key, described)
     assert described["network_calls"] == calls
     nfe = float(np.asarray(group["units"]["nfe_per_draw"][0, 0]))
-    # ULA: thin 1 + burn_in 2 spread over 2 draws; SK-ROCK: the same × 2 stages; the prior.sample start is not counted
-    per_draw = {"ula": 1 + 2 / 2, "skrock": 2 * (1 + 2 / 2), "dps": 3, "latino": 2}[sampler] * calls
+    # ULA: thin 1 + burn_in 2 spread over 2 draws; SK-ROCK: the same × 2 stages; the prior.sample start is not counted;
+    # SMC: runs·particles·steps = 12 calls over 2 chains × 2 draws; MAP: iterations; LATINO-PRO: SAPG 1·2 + 2 final steps
+    # per draw, over 2 draws; map-latent calls the decoder only (steps), never the guided UNet
+    per_draw = {"ula": 1 + 2 / 2, "skrock": 2 * (1 + 2 / 2), "dps": 3, "latino": 2, "tds": 3, "smc-anneal": 3,
+                "map-hqs": 2, "map-admm": 2, "latino-pro": (1 * 2 + 2 + 2) / 2}.get(sampler, 0) * calls
+    if sampler == "map-latent":
+        per_draw = 2
     assert nfe == pytest.approx(per_draw), (nfe, per_draw)
     assert not (Path(hub_layouts["sd15"]).parent / "unpickled.txt").exists()  # the stray .bin was never opened
 
@@ -140,6 +157,7 @@ REFUSALS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
     "lora with only a pickle": (_lora_pickle_only, "latino", ("pytorch_lora_weights.bin", "refused")),
     "bad data_range": ({"kind": "diffusion", "path": "ddpm", "data_range": [1, -1]}, "latino", ("data_range", "lo < hi")),
     "latent prior under ULA": ({"kind": "latent-consistency", "path": "sd15"}, "ula", ("needs a pixel-space prior",)),
+    "latino-pro on SDXL": ({"kind": "latent-consistency", "path": "sdxl"}, "latino-pro", ("SDXL's pair", "use sampler latino")),
 }
 
 
