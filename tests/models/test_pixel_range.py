@@ -116,3 +116,25 @@ def test_ula_and_dps_posteriors_in_campaign_units_equal_those_in_unit_range(prob
             assert score.ratio <= max_ratio and lo <= score.mass <= hi, (name, scores)
         assert abs(scores["unit"].mass - scores["mapped"].mass) <= 0.02
         assert between <= 1.5, (name, between)
+
+
+def test_shipped_pixel_priors_are_unchanged_by_the_range_map() -> None:
+    """The shipped gmm8 priors were trained on [0, 1] data (training.json): their map is the identity, so
+    denoise is Tweedie's formula on the raw UNet output and the schedule is the scheduler's, bit for bit."""
+    from pathlib import Path
+
+    from uqcampaign.kernels.priors.registry import build_prior
+
+    root = Path(__file__).resolve().parents[2]
+    prior = build_prior({"kind": "diffusion", "path": "priors/gmm8-diffusion"}, root)
+    assert prior.describe()["data_range"] == [0.0, 1.0] and prior.clip_range is None
+    ab = prior.scheduler.alphas_cumprod.to(torch.float64)
+    assert torch.equal(prior.alphas_cumprod, ab)
+    x_t = torch.randn(4, *prior.img_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps = prior.unet(x_t, torch.full((4,), 300)).sample
+    expected = (x_t - (1 - ab[300]).sqrt().float() * eps) / ab[300].sqrt().float()  # x̂_0 of ε-prediction
+    with torch.no_grad():
+        assert torch.equal(prior.denoise(x_t, 300), expected)
+    cm = build_prior({"kind": "consistency", "path": "priors/gmm8-cm"}, root)
+    assert cm.pixel_range.identity and cm.clip_range is None and cm.support() == (-1.0, 2.0)
