@@ -104,7 +104,7 @@ class ConsistencyPrior(NetworkPrior):
         (``sample_steps`` consistency evaluations, default 1, Song et al. 2023 Algorithm 1), noise from ``generator``."""
         n = self._check_count(n)
         scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(self.sample_steps or 1, device=self.device)
+        scheduler.set_timesteps(self.sample_step_count(), device=self.device)
         x = self._noise((n, *self.img_shape), generator) * scheduler.init_noise_sigma
         labels = self._class_labels(n, self.device)
         with torch.no_grad():
@@ -113,6 +113,10 @@ class ConsistencyPrior(NetworkPrior):
                 out = self.unet(scaled.to(self.dtype), t, class_labels=labels).sample.to(x.dtype)
                 x = scheduler.step(out, t, x, generator=generator).prev_sample
         return self.pixel_range.to_campaign(x)
+
+    def sample_step_count(self) -> int:
+        """``sample_steps``, else 1 (one consistency evaluation per draw)."""
+        return int(self.sample_steps or 1)
 
     def _description(self) -> dict[str, Any]:
         return {

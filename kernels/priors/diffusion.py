@@ -142,8 +142,7 @@ class DiffusionPrior(NetworkPrior):
         ``x_T ~ N(0, I)`` and every step's noise from ``generator``."""
         n = self._check_count(n)
         scheduler = copy.deepcopy(self.scheduler)  # set_timesteps mutates it; the prior's stays untouched
-        steps = self.sample_steps or _DEFAULT_SAMPLE_STEPS.get(type(scheduler).__name__) or self.num_train_timesteps
-        scheduler.set_timesteps(steps, device=self.device)
+        scheduler.set_timesteps(self.sample_step_count(), device=self.device)
         x = self._noise((n, *self.img_shape), generator) * scheduler.init_noise_sigma
         labels = self._class_labels(n, self.device)
         with torch.no_grad():
@@ -151,6 +150,10 @@ class DiffusionPrior(NetworkPrior):
                 out = self.unet(x.to(self.dtype), t, class_labels=labels).sample.to(x.dtype)
                 x = scheduler.step(out, t, x, generator=generator).prev_sample
         return self.pixel_range.to_campaign(x)
+
+    def sample_step_count(self) -> int:
+        """``sample_steps``, else the pipeline's default: all ``T`` for DDPM, 50 for DDIM."""
+        return int(self.sample_steps or _DEFAULT_SAMPLE_STEPS.get(type(self.scheduler).__name__) or self.num_train_timesteps)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _description(self) -> dict[str, Any]:

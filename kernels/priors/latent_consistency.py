@@ -214,7 +214,7 @@ class LatentConsistencyPrior(NetworkPrior):
         ``z_{k+1} = sqrt(ᾱ) G(z_k, t_k, c) + sqrt(1 − ᾱ) ε`` at the next timestep, the last ``G`` decoded."""
         n = self._check_count(n)
         scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(self.sample_steps or 4, device=self.device)
+        scheduler.set_timesteps(self.sample_step_count(), device=self.device)
         timesteps = [int(t) for t in scheduler.timesteps]
         z = self._noise((n, *self.latent_shape), generator) * scheduler.init_noise_sigma
         with torch.no_grad():
@@ -224,6 +224,10 @@ class LatentConsistencyPrior(NetworkPrior):
                     ab = float(self.alphas_cumprod[timesteps[k + 1]])
                     z = math.sqrt(ab) * z0 + math.sqrt(1.0 - ab) * self._noise(z0.shape, generator)
             return self.decode(z0).float()
+
+    def sample_step_count(self) -> int:
+        """``sample_steps``, else 4 (the LCM pipeline's usual count)."""
+        return int(self.sample_steps or 4)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _description(self) -> dict[str, Any]:

@@ -45,6 +45,8 @@ class NetworkPrior:
     ``torch.nn.Module`` attributes and in ``_tensors`` the tensors (or tuples of tensors) that
     follow the prior to a device / dtype. ``network_calls``: UNet evaluations per call of
     ``denoise``/``consistency`` (2 under classifier-free guidance); samplers count ``nfe`` with it.
+    ``sample_calls``: UNet evaluations per image of :meth:`sample` (its steps × ``network_calls``),
+    the cost of a chain started at a prior draw (``init: prior``).
     ``source``: the loader's record of how the prior was built (kept in :meth:`describe`).
     """
 
@@ -72,6 +74,15 @@ class NetworkPrior:
     def support(self) -> tuple[float, float]:
         """A box ``(lo, hi)`` in campaign units holding essentially all prior mass (:meth:`PixelRange.support`)."""
         return self.pixel_range.support()
+
+    @property
+    def sample_calls(self) -> int:
+        """UNet evaluations per image of :meth:`sample`: ``sample_step_count() × network_calls``."""
+        return self.sample_step_count() * self.network_calls
+
+    def sample_step_count(self) -> int:
+        """Steps of :meth:`sample` (``sample_steps``, else the kind's default)."""
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description kept in the store's attrs: the common fields plus :meth:`_description`."""

@@ -107,10 +107,10 @@ def test_layout_runs_a_campaign(workdir: Path, hub_layouts, layout: str, sampler
         assert described.get(key) == value, (key, described)
     assert described["network_calls"] == calls
     nfe = float(np.asarray(group["units"]["nfe_per_draw"][0, 0]))
-    # ULA: thin 1 + burn_in 2 spread over 2 draws; SK-ROCK: the same × 2 stages; the prior.sample start is not counted;
+    # ULA: thin 1 + burn_in 2 + the start (prior.sample, sample_steps 2) spread over 2 draws; SK-ROCK: the steps × 2 stages;
     # SMC: runs·particles·steps = 12 calls over 2 chains × 2 draws; MAP: iterations; LATINO-PRO: SAPG 1·2 + 2 final steps
     # per draw, over 2 draws; map-latent calls the decoder only (steps), never the guided UNet
-    per_draw = {"ula": 1 + 2 / 2, "skrock": 2 * (1 + 2 / 2), "dps": 3, "latino": 2, "tds": 3, "smc-anneal": 3,
+    per_draw = {"ula": 1 + 2 / 2 + 2 / 2, "skrock": 2 * (1 + 2 / 2) + 2 / 2, "dps": 3, "latino": 2, "tds": 3, "smc-anneal": 3,
                 "map-hqs": 2, "map-admm": 2, "latino-pro": (1 * 2 + 2 + 2) / 2}.get(sampler, 0) * calls
     if sampler == "map-latent":
         per_draw = 2
@@ -284,3 +284,9 @@ def test_langevin_box_and_start_come_from_the_learned_prior(hub_layouts, kind: s
     draws = list(sampler.run(y, operator, prior, 0.1, 3, 2, torch.Generator().manual_seed(5)))
     x = torch.stack([d.x for d in draws])
     assert bool((x >= -1.0).all() & (x <= 2.0).all()) and torch.isfinite(x).all()
+    # the start's sample_steps network calls are charged to draw 0 (burn-in 1 + thin 1 + 2); pinv costs none
+    assert prior.sample_calls == 2 and [d.nfe for d in draws] == [4, 1]
+    pinv = build_sampler({"kind": "ula", "burn_in": 1, "thin": 1, "init": "pinv"})
+    assert [d.nfe for d in pinv.run(y, operator, prior, 0.1, 3, 2, torch.Generator().manual_seed(5))] == [2, 1]
+    default = build_prior({"kind": kind, "path": str(hub_layouts[layout])})
+    assert default.sample_calls == {"diffusion": 1000, "consistency": 1}[kind]  # DDPM: all T steps by default

@@ -69,8 +69,13 @@ def test_prior_sample_is_the_diffusers_pipeline(hub_layouts, name: str) -> None:
     steps = 2
     root = hub_layouts["ddpm"].parent
     prior = build_prior({**spec, "sample_steps": steps}, root)
+    evaluated = []  # images the UNet saw per forward call (2B under classifier-free guidance)
+    hook = prior.unet.register_forward_pre_hook(lambda module, args: evaluated.append(args[0].shape[0]))
     with torch.no_grad():
         ours = prior.sample(3, torch.Generator().manual_seed(7))
+    hook.remove()
+    assert sum(evaluated) / 3 == prior.sample_calls == steps * prior.network_calls  # what init: prior charges to nfe
+    with torch.no_grad():
         theirs = _pipeline_images(name, hub_layouts, 3, steps, torch.Generator().manual_seed(7), **extra)
     assert ours.shape == theirs.shape == (3, *prior.img_shape) and ours.dtype == torch.float32
     # the pipelines post-process with (x + 1) / 2 clamped to [0, 1]: our draws are in campaign units, unclamped
