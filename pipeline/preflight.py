@@ -36,6 +36,7 @@ __all__ = [
     "Footprint",
     "Budget",
     "footprint",
+    "start_calls",
     "object_bytes",
     "check_fits",
     "check_campaign",
@@ -64,7 +65,8 @@ class Footprint:
     Per worker: ``chunk_buffer`` (one unit's ``(chunks.chains, chunks.draws, C, H, W)`` float32),
     ``chunk_write`` (Zarr's serialised and compressed copies while it writes a chunk), ``sampler_state`` (``state_what`` says which
     tensors), ``prior``, ``operator``. ``chains``: per measurement. Store: ``samples``, ``measurements`` (``y``, truth),
-    ``summary``. ``nfe_per_draw``/``nfe_per_unit``: network calls per chain.
+    ``summary``. ``nfe_per_draw``/``nfe_per_unit``: network calls per chain (a unit's include its start: a learned
+    prior's ``sample_calls`` under ``init: prior``).
     """
 
     campaign: str
@@ -186,8 +188,16 @@ def footprint(
         measurements=measurements,
         summary=summary,
         nfe_per_draw=float(sampler.nfe_per_draw()),
-        nfe_per_unit=float(sampler.nfe_per_unit(draws)),
+        nfe_per_unit=float(sampler.nfe_per_unit(draws)) + start_calls(sampler, prior_description),
     )
+
+
+def start_calls(sampler: Any, prior_description: dict[str, Any]) -> float:
+    """Network calls per chain of a unit's start: the prior's ``sample_calls`` (``describe()``) when the sampler
+    starts its chains at prior draws (``init: prior``, as :func:`~uqcampaign.kernels.samplers.langevin.start_calls`), else 0."""
+    if getattr(getattr(sampler, "config", None), "init", None) != "prior":
+        return 0.0
+    return float(prior_description.get("sample_calls", 0) or 0)
 
 
 @dataclass(frozen=True)

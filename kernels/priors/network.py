@@ -96,6 +96,7 @@ class NetworkPrior:
             **self.pixel_range.describe(),
             "network_dtype": str(self.dtype).removeprefix("torch."),
             "network_calls": self.network_calls,
+            "sample_calls": self.sample_calls,
             **({"class_label": self.class_label} if self.class_label is not None else {}),
             **self._description(),
             **getattr(self, "source", {}),

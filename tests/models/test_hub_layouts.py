@@ -288,5 +288,8 @@ def test_langevin_box_and_start_come_from_the_learned_prior(hub_layouts, kind: s
     assert prior.sample_calls == 2 and [d.nfe for d in draws] == [4, 1]
     pinv = build_sampler({"kind": "ula", "burn_in": 1, "thin": 1, "init": "pinv"})
     assert [d.nfe for d in pinv.run(y, operator, prior, 0.1, 3, 2, torch.Generator().manual_seed(5))] == [2, 1]
+    from uqcampaign.pipeline.preflight import start_calls  # the pre-flight's planned calls per unit count the start too
+
+    assert start_calls(sampler, prior.describe()) == 2 and start_calls(pinv, prior.describe()) == 0
     default = build_prior({"kind": kind, "path": str(hub_layouts[layout])})
     assert default.sample_calls == {"diffusion": 1000, "consistency": 1}[kind]  # DDPM: all T steps by default
