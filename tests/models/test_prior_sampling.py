@@ -146,18 +146,18 @@ def test_gmm8_diffusion_draws_mean_and_sliced_wasserstein() -> None:
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the shipped gmm8-diffusion under-disperses: per-pixel std 2-5 % low (n = 1000: max |z| 6.7 at 50 DDIM "
-                          "steps, 4.7 with the full 1000-step DDPM sampler, 9 of 64 pixels beyond 3 SE there, BENCHMARKS.md): "
-                          "the network's own error (its denoiser's excess MSE is 1-6 % of the MMSE), not the sampler "
-                          "(prior.sample is diffusers' DDPMPipeline draw for draw)")
+                   reason="the shipped gmm8-diffusion under-disperses (BENCHMARKS.md, section sampling, n = 1000: max |z| of the "
+                          "std 6.70 at 50 DDIM steps, 24 of 64 pixels beyond 3 SE; 4.68 and 9 of 64 with the full 1000-step DDPM "
+                          "sampler; mean z of the std -2.32 / -1.06): the network's own error, not the sampler (prior.sample is "
+                          "diffusers' DDPMPipeline draw for draw, test_prior_sample_is_the_diffusers_pipeline)")
 def test_gmm8_diffusion_draws_per_pixel_std() -> None:
     assert gmm8_figures(*DIFFUSION).z_std < 3.0
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the shipped gmm8-cm is a poor sampler from pure noise: one step gives max |z| 28.8 (mean) and 46.9 "
-                          "(std, over-dispersed), SW 7.1 x the floor; 2, 5 and 20 steps do not fix it (SW 4.3, 4.1, 5.3 x, "
-                          "BENCHMARKS.md). Distilled in 600 steps for LATINO's moderate noise levels; prior.sample is diffusers' "
+                   reason="the shipped gmm8-cm is a poor sampler from pure noise (BENCHMARKS.md, section sampling): one step "
+                          "gives max |z| 28.77 (mean) and 46.88 (std, over-dispersed), SW 7.12 x the floor; 2 steps do not fix it "
+                          "(SW 4.35 x). Distilled in 600 steps for LATINO's moderate noise levels; prior.sample is diffusers' "
                           "ConsistencyModelPipeline draw for draw")
 def test_gmm8_cm_draws_match_the_mixture() -> None:
     score = gmm8_figures("gmm8-cm", "consistency", None)
