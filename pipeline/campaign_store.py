@@ -30,6 +30,7 @@ from uqcampaign.pipeline.store import (
     LEASE_DIR,
     Sizes,
     StoreLayout,
+    add_missing_facts,
     check_chain_growth,
     check_layout,
     create_store,
@@ -187,6 +188,9 @@ def create_or_open(
             location.remove_all_but({LEASE_DIR})
         return create_store(campaign, new_layout, location), messages
 
+    added = add_missing_facts(group, campaign)
+    if added:
+        tell(f"{location.url}: written by an earlier uqcampaign: adding the sampler's fact arrays {', '.join(added)} (units done before keep them empty)")
     growing = attrs.get("growing")
     if target == stored and not growing:
         done = int(np.asarray(group["draws_done"][...]).sum())

@@ -134,6 +134,23 @@ def main(
     _options["debug"] = debug
 
 
+def _load_campaign(path: Path) -> Any:
+    """``load_campaign(path)``, its :class:`~uqcampaign.pipeline.config.CampaignWarning`\ s printed as ``warning: …`` on stderr."""
+    import warnings
+
+    from uqcampaign.pipeline.config import CampaignWarning, load_campaign
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CampaignWarning)
+        spec = load_campaign(path)
+    for warning in caught:
+        if issubclass(warning.category, CampaignWarning):
+            err_console.print(f"warning: {_one_line(str(warning.message))}", markup=False)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return spec
+
+
 @app.command()
 @handled
 def run(
@@ -150,9 +167,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Run a campaign: sample every (measurement, chain block) unit into the store."""
-    from uqcampaign.pipeline.config import load_campaign
-
-    spec = load_campaign(campaign)
+    spec = _load_campaign(campaign)
     address = address or spec.cluster.address
     if in_process or address == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
@@ -188,10 +203,9 @@ def validate(
     probe_seconds: float = typer.Option(3.0, "--probe-seconds", min=0.0, help="How long to probe the speed on the first unit (in memory)."),
 ) -> None:
     """Check a campaign as `uqc run` would and print its units, store size, memory, NFE and time; write nothing."""
-    from uqcampaign.pipeline.config import load_campaign
     from uqcampaign.pipeline.validate import report_lines, validate_campaign
 
-    result = validate_campaign(load_campaign(campaign), probe_seconds=probe_seconds)
+    result = validate_campaign(_load_campaign(campaign), probe_seconds=probe_seconds)
     for line in report_lines(result, str(campaign)):
         console.print(line, markup=False, soft_wrap=True)
 
@@ -273,17 +287,42 @@ def report(
     store: str = typer.Argument(..., help="Store path or URL."),
     format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs)."),
     reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
+    condition: bool = typer.Option(False, "--condition", help="latino-pro: list the marginal-likelihood proxy and the condition's distance from its start per SAPG iteration."),
 ) -> None:
-    """Print the per-measurement table: coverage, max R-hat, min ESS, chi2."""
+    """Print the per-measurement table: coverage, max R-hat, min ESS, chi2 (and the sampler's facts: SMC log-evidence, box, condition)."""
     from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_rows
 
     if format not in REPORT_FORMATS:
         raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
+    if condition:
+        _print_condition(store, format)
+        return
     say = lambda text: err_console.print(text, markup=False)  # noqa: E731
     if format == "table":
         print_report(store, console, reduce=reduce, say=say)
     else:
         print(format_rows(report_rows(store, reduce=reduce, say=say), format), end="")
+
+
+def _print_condition(store: str, fmt: str) -> None:
+    """``uqc report --condition``: the SAPG trajectory of every measurement (no summary needed)."""
+    from rich import box
+    from rich.table import Table
+
+    from uqcampaign.pipeline.report import format_rows
+    from uqcampaign.pipeline.store import open_store
+    from uqcampaign.pipeline.unit_facts import condition_rows
+
+    rows = condition_rows(open_store(store))
+    if fmt != "table":
+        print(format_rows(rows, fmt), end="")
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="latino-pro: SAPG per iteration", caption="objective: the marginal-likelihood proxy SAPG ascends (not log p(y | c)); ‖c − c₀‖: distance from the start", caption_justify="left")
+    for column in ("meas.", "iteration", "objective", "‖c − c₀‖"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["measurement"]), str(row["iteration"]), f"{row['objective']:.5g}", f"{row['condition_distance']:.4g}")
+    console.print(table)
 
 
 @app.command()
