@@ -135,7 +135,7 @@ def main(
 
 
 def _load_campaign(path: Path) -> Any:
-    """``load_campaign(path)``, its :class:`~uqcampaign.pipeline.config.CampaignWarning`\ s printed as ``warning: …`` on stderr."""
+    """``load_campaign(path)``; its ``CampaignWarning`` warnings are printed as ``warning: …`` on stderr."""
     import warnings
 
     from uqcampaign.pipeline.config import CampaignWarning, load_campaign
