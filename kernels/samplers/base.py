@@ -89,6 +89,9 @@ class ConfiguredSampler:
     INTERACTING_CHAINS: ClassVar[bool] = False
     #: the most draws per chain a run returns (point estimates: 1), None for no limit
     MAX_DRAWS: ClassVar[int | None] = None
+    #: True when a run with more draws yields a shorter run's draws first (a Markov chain, independent
+    #: runs): a store may then grow in draws; False for SMC, whose draws are all taken from one pool at the end
+    DRAWS_EXTEND: ClassVar[bool] = True
 
     #: live ``(chains, C, H, W)`` float32 tensors at the peak of one step (state, proposal,
     #: temporaries), used by the pre-flight memory estimate; a kind that does not say is

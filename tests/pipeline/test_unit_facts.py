@@ -338,3 +338,18 @@ def test_store_of_an_earlier_version_gains_the_fact_arrays(write_campaign) -> No
     assert "adding the sampler's fact arrays smc/ess, smc/resamples, smc/log_evidence" in result.messages[0]
     log_evidence = xr.open_zarr(campaign.store_location, group="smc")["log_evidence"].values
     assert np.isnan(log_evidence[:2]).all() and np.isnan(log_evidence[2, :2]).all() and np.isfinite(log_evidence[2, 2:]).all()
+
+
+def test_smc_store_does_not_grow_in_draws(write_campaign) -> None:
+    """An SMC unit pools all its draws at its end: with more draws it takes other ones, so growing ``draws`` is
+    refused, naming the fix; chains and measurements still grow (test_fact_arrays_grow_with_the_store)."""
+    path = write_campaign(**SMC)
+    run_campaign(load_campaign(path), progress=False)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "draws": 6}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CampaignWarning)  # 12 draws of a pool of 64: above 1/8, beside the point here
+        grown = load_campaign(path)
+    with pytest.raises(UQError, match=r"draws 4 -> 6: sampler 'tds' takes all of a unit's draws from one pool.*keep draws: 4") as caught:
+        run_campaign(grown, progress=False)
+    assert "\n" not in str(caught.value)
+    assert (zarr.open_group(grown.store_location, mode="r")["draws_done"][...] == 4).all()

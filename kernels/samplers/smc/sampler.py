@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import Tensor
@@ -211,6 +211,10 @@ def pooled_log_evidence(log_evidence: Any) -> tuple[float, float]:
 @dataclass(frozen=True)
 class _SMCSampler(ConfiguredSampler):
     """The sampler protocol around an SMC kernel (``_kernel``)."""
+
+    # a unit's draws are pooled from its runs at the end, n = chains × draws at once: a unit with more
+    # draws takes other ones (a store of an SMC campaign cannot grow in draws)
+    DRAWS_EXTEND: ClassVar[bool] = False
 
     def nfe_per_draw(self) -> float:
         """Network calls per particle (``steps``; 1000 for ``steps: null`` with the usual schedule). A unit costs
