@@ -353,3 +353,22 @@ def test_smc_store_does_not_grow_in_draws(write_campaign) -> None:
         run_campaign(grown, progress=False)
     assert "\n" not in str(caught.value)
     assert (zarr.open_group(grown.store_location, mode="r")["draws_done"][...] == 4).all()
+
+
+@pytest.mark.parametrize("kind", ["tds", "latino-pro", "ula", "map-hqs"])
+def test_preflight_counts_the_fact_arrays(kind, write_campaign, tmp_path: Path) -> None:
+    """The pre-flight's store size includes the sampler's fact arrays, byte for byte what ``uqc run`` creates."""
+    from uqcampaign.pipeline.preflight import check_campaign
+    from uqcampaign.pipeline.runner import prepare_store
+
+    options = {
+        "tds": SMC,
+        "latino-pro": _latino_pro(tmp_path),
+        "ula": dict(sampler={"kind": "ula", "burn_in": 2, "thin": 1}),
+        "map-hqs": dict(sampler={"kind": "map-hqs", "iterations": 5}, draws=1, chunks={"chains": 4, "draws": 1}),
+    }[kind]
+    campaign = load_campaign(write_campaign(**options))
+    group, _, components = prepare_store(campaign)
+    paths = {"tds": SMC_FACTS, "latino-pro": LATINO_PRO_FACTS, "ula": ("units/outside_box",), "map-hqs": ("map/residual",)}[kind]
+    stored = sum(group[path].nbytes for path in paths)
+    assert stored > 0 and check_campaign(campaign, *components).facts == stored
