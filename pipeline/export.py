@@ -118,7 +118,7 @@ def _per_draw_facts(root: Any, n: int, pick: dict[str, Any]) -> dict[str, Any]:
     import xarray as xr
 
     from uqcampaign.pipeline.config import campaign_from_dict
-    from uqcampaign.pipeline.store import sampler_arrays, unit_array_spec
+    from uqcampaign.pipeline.store import sampler_arrays
 
     try:
         campaign = campaign_from_dict(dict(json_attr(root, "campaign") or {}), root.attrs.get("campaign_root"))
@@ -129,7 +129,7 @@ def _per_draw_facts(root: Any, n: int, pick: dict[str, Any]) -> dict[str, Any]:
     block_of = np.arange(chains) // campaign.chunks.chains
     out = {}
     for array in arrays:
-        path = unit_array_spec(array).path
+        path = array.path
         if not array.per_draw or path not in root:
             continue
         per_chain = np.asarray(root[path][...], dtype=np.float64)[:, block_of]  # (measurement, chain)

@@ -362,8 +362,7 @@ def unit_array_spec(array: UnitArray) -> ArraySpec:
     if own:
         attrs["block_dim"] = array.block_dim  # grow_store: blocks × its chunk length
     fill = np.nan if np.dtype(array.dtype).kind == "f" else -1
-    path = f"{array.group}/{array.name}" if array.group else array.name
-    return ArraySpec(path, dims, array.dtype, fill, attrs, dict(zip(array.dims, array.shape)), array.block_dim if own else None)
+    return ArraySpec(array.path, dims, array.dtype, fill, attrs, dict(zip(array.dims, array.shape)), array.block_dim if own else None)
 
 
 def sampler_arrays(campaign: Campaign, prior: Mapping[str, Any]) -> tuple[UnitArray, ...]:

@@ -51,10 +51,6 @@ truncates the tails the credible intervals are made of (``box: auto`` takes C fr
 stays near 0; ``tests/pipeline/test_unit_facts.py`` measures both)."""
 
 
-def _path(array: UnitArray) -> str:
-    return f"{array.group}/{array.name}" if array.group else array.name
-
-
 def _as_array(value: Any) -> np.ndarray:
     """A reported value as numpy (CPU tensors, floats, arrays)."""
     if hasattr(value, "detach"):
@@ -123,8 +119,8 @@ def write_unit_facts(group: zarr.Group, measurement: int, block: int, arrays: tu
         for d, n, size in zip(array.dims, value.shape, array.shape):
             start = block * size if d == array.block_dim else 0
             index.append(slice(start, start + n))
-        with io_errors(group, f"write {_path(array)} of unit ({measurement}, {block})"):
-            group[_path(array)][tuple(index)] = value
+        with io_errors(group, f"write {array.path} of unit ({measurement}, {block})"):
+            group[array.path][tuple(index)] = value
 
 
 # -- readers (uqc report) ------------------------------------------------------------------------

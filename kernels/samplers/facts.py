@@ -45,6 +45,11 @@ class UnitArray(NamedTuple):
     per_draw: bool = False
     units: str | None = None
 
+    @property
+    def path(self) -> str:
+        """Its path in the store: ``group/name`` (``name`` at the root)."""
+        return f"{self.group}/{self.name}" if self.group else self.name
+
 
 class CampaignNote(NamedTuple):
     """What a sampler says about a campaign's layout: ``key`` (the campaign key to change, e.g.
