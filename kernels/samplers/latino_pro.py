@@ -146,7 +146,7 @@ class LatinoProConfig:
         radius: C = ball of this radius around the prior's condition (per token for a (1, L, D)
             embedding, as the authors' project_onto_ball); null when box is given.
         box: [lo, hi]: C = the box lo <= c <= hi (every coordinate) instead of the ball.
-        edit_weight: λ >= 0, condition editing (seed 004): a proximal pull toward the prior's prompt
+        edit_weight: λ >= 0, condition editing (Spagnoletti et al. 2025, prompt editing): a proximal pull toward the prior's prompt
             after each step, so that c moves at most about 1/λ (per token) from it in the direction
             the data pull; 0 = plain LATINO-PRO.
         freeze_tokens: leading tokens of a (1, L, D) embedding kept fixed (the authors freeze 4:
