@@ -1,13 +1,12 @@
 """`uqc` against a real multi-process Ray cluster started as users start one: `ray start` head + worker node.
 
-Each node is its own ``ray start`` (this worktree's Ray, ``sys.executable -m ray.scripts.scripts``)
-with private temporary folders under a short ``/tmp`` folder, ports found by binding port 0,
-token authentication on (``RAY_AUTH_MODE=token``, the session token) and 1 CPU + 1 logical GPU.
-The ``uqc`` commands run as users run them, in fresh processes whose environment has the token but
-not ``RAY_AUTH_MODE``: the mode is uqc's job. Each node is started in a session of its own, so
-every process it spawns (GCS, raylet, agents, workers, Ray Client servers) shares its process group;
-the finalizer SIGKILLs each of them by pid, even when a test fails, and checks none is left.
-No bare ``ray stop`` (it would stop other users' Ray instances on this machine).
+Each node is its own ``ray start`` (:class:`uqcampaign.cluster.nodes.RayStartCluster`: this
+worktree's Ray, private temporary folders under a short ``/tmp`` folder, ports found by binding
+port 0, token authentication on with the session token, 1 CPU + 1 logical GPU). The ``uqc``
+commands run as users run them, in fresh processes whose environment has the token but not
+``RAY_AUTH_MODE``: the mode is uqc's job. The finalizer SIGKILLs every process the nodes started,
+by pid, even when a test fails, and checks none is left; no bare ``ray stop`` (it would stop other
+users' Ray instances on this machine).
 
 Order matters (one cluster for the module): the auth frictions (nothing joins), a campaign
 through Ray Client (``ray://``), a campaign through the GCS port (``host:port``) during which the
@@ -19,13 +18,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ import psutil
 import pytest
 import zarr
 
+from uqcampaign.cluster.nodes import Node, RayStartCluster
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline import ray_join
 from uqcampaign.pipeline.address import parse_address
@@ -45,143 +43,13 @@ pytestmark = pytest.mark.timeout(300)
 
 BURN_IN = 300  # about 0.5-1 s per unit on one core: the raylet kill lands mid-campaign
 UQC = str(Path(sys.executable).with_name("uqc"))
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free now (bound to port 0 together, then released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-@dataclass
-class Node:
-    """One ``ray start`` node: its process group (= the ``ray start`` pid) and its temporary folder."""
-
-    group: int
-    temp_dir: Path
-
-    def processes(self) -> list[psutil.Process]:
-        """Every live process of this node: its process group (GCS, raylet, agents, Ray Client server)
-        and their descendants (Ray puts each worker process in a process group of its own)."""
-        found: dict[int, psutil.Process] = {}
-        for process in psutil.process_iter():
-            try:
-                if os.getpgid(process.pid) == self.group:
-                    found[process.pid] = process
-            except (ProcessLookupError, psutil.Error):
-                continue
-        for process in list(found.values()):
-            try:
-                found.update({child.pid: child for child in process.children(recursive=True)})
-            except psutil.Error:
-                continue
-        return [process for process in found.values() if _alive(process)]
-
-    def titled(self, start: str) -> list[psutil.Process]:
-        """This node's processes whose title (Ray sets ``ray::<Class>.<method>`` while a call runs) starts with ``start``."""
-        found = []
-        for process in self.processes():
-            try:
-                title = " ".join(process.cmdline())
-            except psutil.Error:
-                continue
-            if title.startswith(start):
-                found.append(process)
-        return found
-
-    def raylet(self) -> psutil.Process:
-        raylets = [p for p in self.processes() if p.name() == "raylet"]
-        assert len(raylets) == 1, raylets
-        return raylets[0]
-
-
-class RayStartCluster:
-    """A head and a worker node started with ``ray start``; :meth:`stop` kills every process they started.
-
-    Every process seen (:meth:`processes`) is remembered by pid and start time, so that one whose
-    parent died (a worker of the killed raylet) is still found, and a reused pid is never killed.
-    """
-
-    def __init__(self, folder: Path, token: str) -> None:
-        self.folder = folder
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-        self.env.update(RAY_TMPDIR=str(folder), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
-        self.nodes: list[Node] = []
-        self.seen: dict[int, float] = {}
-
-    def _start(self, name: str, args: list[str]) -> Node:
-        ports = free_ports(6)
-        names = ("node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")
-        temp_dir = self.folder / name
-        command = [*RAY, "start", *args, "--temp-dir", str(temp_dir), "--num-cpus", "1", "--num-gpus", "1",
-                   "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats"]
-        command += [arg for key, port in zip(names, ports, strict=True) for arg in (f"--{key}-port", str(port))]
-        with open(self.folder / f"{name}.log", "w") as log:
-            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        node = Node(group=process.pid, temp_dir=temp_dir)
-        self.nodes.append(node)  # before waiting: stop() kills it even if the start fails
-        code = process.wait(timeout=120)
-        assert code == 0, (self.folder / f"{name}.log").read_text()[-3000:]
-        self.processes()
-        return node
-
-    def start(self) -> None:
-        gcs, client, dashboard = free_ports(3)
-        # the head's folder is <RAY_TMPDIR>/ray, Ray's default: `auto` finds its ray_current_cluster there
-        self.head = self._start("ray", ["--head", "--port", str(gcs), "--ray-client-server-port", str(client),
-                                        "--include-dashboard", "false", "--dashboard-port", str(dashboard)])
-        self.gcs, self.client = f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}"
-        self.worker = self._start("w", ["--address", self.gcs])
-
-    def processes(self) -> list[psutil.Process]:
-        """Every live process the nodes started, seen now or before."""
-        found = {process.pid: process for node in self.nodes for process in node.processes()}
-        for pid, created in self.seen.items():
-            if pid not in found:
-                try:
-                    process = psutil.Process(pid)
-                    if process.create_time() == created and _alive(process):
-                        found[pid] = process
-                except psutil.Error:
-                    continue
-        for pid, process in found.items():
-            with contextlib.suppress(psutil.Error):
-                self.seen[pid] = process.create_time()
-        return list(found.values())
-
-    def stop(self) -> list[int]:
-        """SIGKILL every process of every node by pid, until none is left; returns the pids killed."""
-        killed: list[int] = []
-        for _ in range(20):
-            alive = self.processes()
-            if not alive:
-                return killed
-            for process in alive:
-                with contextlib.suppress(psutil.Error):
-                    process.send_signal(signal.SIGKILL)
-                    killed.append(process.pid)
-            psutil.wait_procs(alive, timeout=5)
-        raise AssertionError(f"Ray processes left: {[p.pid for p in self.processes()]}")
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayStartCluster]:
+    """Head + one worker node, 1 CPU and 1 logical GPU each, token auth with the session's token."""
     folder = Path(tempfile.mkdtemp(prefix="uqs", dir="/tmp"))  # short: Ray's socket paths
-    made = RayStartCluster(folder, os.environ["RAY_AUTH_TOKEN"])
+    made = RayStartCluster(folder, token=os.environ["RAY_AUTH_TOKEN"])
     try:
         made.start()
         yield made
@@ -298,9 +166,9 @@ def test_campaign_through_gcs_port_survives_a_killed_worker_node(cluster, refere
         cluster.processes()  # remember the worker node's processes: its raylet's children outlive it
         paused = _wait_for_title(cluster.head, "ray::HostedWorker")  # idle or running, not starting
         paused[0].send_signal(signal.SIGSTOP)
-        _wait_for_title(cluster.worker, "ray::HostedWorker.run")
+        _wait_for_title(cluster.workers[0], "ray::HostedWorker.run")
         before = store_checks.done_chunks(campaign)
-        cluster.worker.raylet().send_signal(signal.SIGKILL)
+        cluster.workers[0].raylet().send_signal(signal.SIGKILL)
     except BaseException:
         process.kill()
         raise
