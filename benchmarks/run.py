@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,learned]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,joins,learned]``
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ SECTIONS = {
     "samplers": "bench_samplers.py",
     "reduce": "bench_reduce.py",
     "cluster": "bench_cluster.py",
+    "joins": "bench_joins.py",
     "learned": "bench_learned.py",
 }
 
