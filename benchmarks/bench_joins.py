@@ -102,11 +102,11 @@ def section(quick: bool = False) -> str:
                      ["run", str(campaign), "--address", client], {"RAY_AUTH_TOKEN": "not-the-token"}, True),
                     ("`RAY_AUTH_MODE=disabled uqc run --address HOST:PORT`", "20-33 s of `InvalidAuthToken` lines",
                      ["run", str(campaign), "--address", gcs], {"RAY_AUTH_MODE": "disabled"}, True),
-                    ("`RAY_AUTH_MODE=token uqc run --address HOST:PORT` of a cluster without auth", "(measured here) joins, then its actors die",
+                    ("`RAY_AUTH_MODE=token uqc run --address HOST:PORT` of a cluster without auth", "(plain `ray.init`, measured once) joins, then its actors die",
                      ["run", str(campaign), "--address", open_cluster.gcs], {"RAY_AUTH_MODE": "token"}, True),
                     ("`uqc run --address HOST:PORT` of a cluster without auth, token present", "-", ["run", str(campaign), "--address", open_cluster.gcs], {}, True),
-                    ("`uqc run --address ray://GCS_PORT` (the wrong port)", "(measured here) Ray Client timeout after ~30 s", ["run", str(campaign), "--address", f"ray://{gcs}"], {}, True),
-                    ("`uqc run --address CLIENT_PORT` (no ray://)", "(measured here) Ray's GCS retry loop", ["run", str(campaign), "--address", client.removeprefix("ray://")], {}, True),
+                    ("`uqc run --address ray://GCS_PORT` (the wrong port)", "-", ["run", str(campaign), "--address", f"ray://{gcs}"], {}, True),
+                    ("`uqc run --address CLIENT_PORT` (no ray://)", "-", ["run", str(campaign), "--address", client.removeprefix("ray://")], {}, True),
                     ("`uqc run --address auto`, 2 clusters running, none from `ray start` here", "Ray's `auto` joins any one found running",
                      ["run", str(campaign), "--address", "auto"], {}, True),
                     ("`uqc run --address 127.0.0.1:1` (nothing there)", "-", ["run", str(campaign), "--address", "127.0.0.1:1"], {}, True),
@@ -128,7 +128,7 @@ def section(quick: bool = False) -> str:
 (head + worker node, the token made by `ray get-auth-token --generate` in a temporary `HOME`), a second cluster without
 authentication and a Dask scheduler, all on this machine; each row is a fresh `uqc` process (a campaign of 2 units; `reduce`
 on its store) with that `HOME` and no `RAY_AUTH_MODE` unless the row sets it. Seconds from start to exit, interpreter and
-imports included. "Before" quotes issue 10. {len(killed)} processes stopped by pid afterwards. Load average after: {load}.
+imports included. "Before" quotes issue 10 ("-": not in it). {len(killed)} processes stopped by pid afterwards. Load average after: {load}.
 
 | input | before | now | s |
 |---|---|---|---:|
