@@ -34,13 +34,14 @@ import zarr
 from rich.console import Console
 
 from uqcampaign.cluster.connect import Connection, check_store_reachable, connect, disconnect
-from uqcampaign.cluster.resources import WorkerShape, alive_node_resources, bundles, size_workers
+from uqcampaign.cluster.resources import WorkerShape, alive_node_resources, bundles, size_workers, worker_budget
 from uqcampaign.cluster.scheduler import UnitScheduler
 from uqcampaign.cluster.worker import HostedWorker
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.address import parse_address
 from uqcampaign.pipeline.config import Campaign
-from uqcampaign.pipeline.runner import RunResult, draw_progress, prepare_store
+from uqcampaign.pipeline.preflight import Budget, check_stored_campaign
+from uqcampaign.pipeline.runner import RunResult, draw_progress, prepare_store, units_done
 from uqcampaign.pipeline.store import consolidate, create_or_open, draws_done, existing_store_info
 from uqcampaign.pipeline.units import Unit, pending_units
 
@@ -49,21 +50,23 @@ __all__ = ["run_campaign_ray", "open_campaign_store"]
 PLACEMENT_TIMEOUT_S = 60.0
 
 
-def open_campaign_store(campaign: Campaign, *, force: bool = False) -> tuple[zarr.Group, list[str]]:
+def open_campaign_store(campaign: Campaign, *, force: bool = False, budget: Budget | None = None) -> tuple[zarr.Group, list[str]]:
     """Create or reopen the campaign's store with the in-process runner's steps.
 
     A store this campaign already started is reopened without loading the prior here: the
     driver does not sample, and on a cluster the prior may live only on the worker nodes.
+    Either way the pre-flight checks the workers' ``budget`` and the store's disk first.
     """
     attrs = existing_store_info(campaign.store_location)
     resumable = attrs is not None and attrs.get("config_hash") == campaign.config_hash() and attrs.get("initialized", False)
     if resumable and not force:
+        check_stored_campaign(campaign, attrs, budget)
 
         def never() -> Any:  # pragma: no cover - create_or_open reopens, it never lays out
             raise AssertionError("an existing store needs no layout")
 
         return create_or_open(campaign, force=False, layout=never)
-    group, messages, _ = prepare_store(campaign, force=force)
+    group, messages, _ = prepare_store(campaign, force=force, budget=budget)
     return group, messages
 
 
@@ -191,7 +194,7 @@ def run_campaign_ray(
         nodes = alive_node_resources()
         shape = size_workers(nodes, workers, gpus)
         check_store_reachable(campaign.store_location, connection)
-        group, messages = open_campaign_store(campaign, force=force)
+        group, messages = open_campaign_store(campaign, force=force, budget=worker_budget(nodes, shape, connection.local))
         for message in messages:
             console.print(message)
         if resume and not messages:
@@ -205,13 +208,18 @@ def run_campaign_ray(
                 if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
                     shape = size_workers(nodes, len(units), gpus)
                 remaining = int(np.clip(campaign.draws - done, 0, None).sum())
-                bar_title = f"{campaign.name}: {len(units)}/{total} units on {shape.workers} Ray workers"
+                finished = [total - len(units)]
+
+                def label() -> str:
+                    return f"{units_done(campaign.name, finished[0], total)} on {shape.workers} Ray workers"
+
                 with draw_progress(console, progress) as bar:
-                    task = bar.add_task(bar_title, total=remaining)
+                    task = bar.add_task(label(), total=remaining)
 
                     def advance(result: dict[str, Any]) -> None:
                         chains = campaign.block_chains(result["block"])
-                        bar.advance(task, (chains.stop - chains.start) * result["draws_written"])
+                        finished[0] += 1
+                        bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
 
                     results = _run_units(campaign, group, units, shape, connection, advance, say, stall_timeout, start)
                 written = sum(result["draws_written"] for result in results)

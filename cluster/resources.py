@@ -1,7 +1,7 @@
 """Sizing the worker pool from the cluster's nodes: how many workers, how many CPUs each.
 
-Pure functions over ``[{"CPU": 8.0, "GPU": 2.0}, ...]`` (one dict per alive node), so the
-rules are tested without Ray. A worker is one placement-group bundle
+Pure functions over ``[{"CPU": 8.0, "GPU": 2.0, "memory": 3.2e10}, ...]`` (one dict per alive
+node; ``memory``: what Ray lets tasks and actors use there), so the rules are tested without Ray. A worker is one placement-group bundle
 ``{"CPU": cpus, "GPU": gpus_per_worker}``; a bundle lives on one node.
 """
 
@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from uqcampaign.kernels.errors import UQError
 
-__all__ = ["WorkerShape", "size_workers", "bundles", "alive_node_resources"]
+if TYPE_CHECKING:
+    from uqcampaign.pipeline.preflight import Budget
+
+__all__ = ["WorkerShape", "size_workers", "bundles", "alive_node_resources", "worker_budget"]
 
 _EPS = 1e-9
 
@@ -85,11 +89,31 @@ def bundles(shape: WorkerShape) -> list[dict[str, float]]:
 
 
 def alive_node_resources() -> list[dict[str, float]]:
-    """Total ``CPU``/``GPU`` of every alive node of the connected Ray cluster."""
+    """Total ``CPU``/``GPU``/``memory`` of every alive node of the connected Ray cluster."""
     import ray
 
     return [
-        {"CPU": float(node["Resources"].get("CPU", 0.0)), "GPU": float(node["Resources"].get("GPU", 0.0))}
+        {key: float(node["Resources"].get(key, 0.0)) for key in ("CPU", "GPU", "memory")}
         for node in ray.nodes()
         if node.get("Alive")
     ]
+
+
+def worker_budget(nodes: list[dict[str, float]], shape: WorkerShape, local: bool) -> Budget:
+    """The memory the pre-flight compares a worker's needs with.
+
+    A local Ray instance: this machine's available memory, shared by every worker. A cluster:
+    the smallest node's Ray ``memory``, shared by the workers one node may hold. GPU workers keep
+    their chunks and chains on the GPU, whose memory the driver cannot see: not checked (None).
+    """
+    from uqcampaign.pipeline.preflight import Budget, local_budget
+
+    if shape.gpus > 0:
+        return Budget(None, "the GPUs", shape.workers)
+    if local:
+        return local_budget(shape.workers)
+    smallest = min((node.get("memory", 0.0) for node in nodes), default=0.0)
+    if smallest <= 0:
+        return Budget(None, "the Ray nodes", shape.workers)
+    per_node = max(1, math.ceil(shape.workers / max(1, len(nodes))))
+    return Budget(int(smallest), "the smallest Ray node (its Ray memory)", min(shape.workers, per_node))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UQError", "SpecFitError", "require", "require_fit"]
+__all__ = ["UQError", "UQErrors", "SpecFitError", "require", "require_fit"]
 
 
 class UQError(ValueError):
@@ -11,6 +11,18 @@ class UQError(ValueError):
     The message is one line that names the value, the limit and the fix; the CLI
     prints it alone (exit code 2) and never a traceback unless ``--debug``.
     """
+
+
+class UQErrors(UQError):
+    """Several bad inputs found at once (e.g. every problem of a campaign file): one line each.
+
+    ``messages`` holds the lines in the order to show them; ``str()`` joins them with newlines,
+    so ``--debug`` shows them all too. The CLI prints each as its own ``error: …`` line.
+    """
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
 
 
 def require(condition: bool, message: str) -> None:

@@ -1,10 +1,11 @@
-"""The ``uqc`` command line (DESIGN §7): run, reduce, maps, report, inspect, demo, train-prior.
+"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, inspect, demo, train-prior.
 
 Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
 User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
-stderr and exit with code 2; ``uqc --debug COMMAND`` shows the traceback instead. Usage errors
-(an option below its ``min=``, a missing argument, an unknown option or command) are one line
-with exit code 2 too.
+stderr and exit with code 2 (several problems found at once, :class:`UQErrors`, print one
+such line each); ``uqc --debug COMMAND`` shows the traceback instead. Usage errors (an option
+below its ``min=``, a missing argument, an unknown option or command) are one line with exit
+code 2 too. Results go to stdout, progress bars and messages about the work to stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.errors import UQError, UQErrors
 
 try:  # recent typer ships its own copy of click
     from typer._click.exceptions import UsageError
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 
 __all__ = ["app", "main"]
 
-console = Console()
+console = Console(soft_wrap=True)  # results are not wrapped: a long path stays on one line
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -71,10 +72,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _options: dict[str, bool] = {"debug": False}  # global CLI flags, set by the app callback
 
 
-def _one_line(exc: BaseException) -> str:
-    """The user-facing one-line message of a user error."""
+def _one_line(exc: BaseException | str) -> str:
+    """The user-facing one-line message of a user error (or of one line of a :class:`UQErrors`)."""
     from pydantic import ValidationError
 
+    if isinstance(exc, str):
+        return " ".join(exc.split())
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "value"
@@ -99,7 +102,8 @@ def handled(func: F) -> F:
         except _user_errors() as exc:
             if _options["debug"]:
                 raise
-            err_console.print(f"error: {_one_line(exc)}", markup=False)
+            for message in exc.messages if isinstance(exc, UQErrors) else [exc]:
+                err_console.print(f"error: {_one_line(message)}", markup=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: finished chunks are kept; rerun the same command to resume", markup=False)
@@ -108,8 +112,23 @@ def handled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("uqcampaign")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+            version = "unknown (not installed: pip install -e .)"
+        console.print(f"uqc (uqcampaign) {version}", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors.")) -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of errors."),
+    version: bool = typer.Option(False, "--version", help="Print the installed uqcampaign version and exit.", callback=_print_version, is_eager=True),
+) -> None:
     """uqcampaign: run sampling campaigns into a Zarr store, reduce them, map and report them."""
     _options["debug"] = debug
 
@@ -183,6 +202,59 @@ def run(
 
 @app.command()
 @handled
+def validate(
+    campaign: Path = typer.Argument(..., help="Campaign YAML file."),
+    probe_seconds: float = typer.Option(3.0, "--probe-seconds", min=0.0, help="How long to probe the speed on the first unit (in memory)."),
+) -> None:
+    """Check a campaign as `uqc run` would and print its units, store size, memory, NFE and time; write nothing."""
+    from uqcampaign.pipeline.config import load_campaign
+    from uqcampaign.pipeline.validate import report_lines, validate_campaign
+
+    result = validate_campaign(load_campaign(campaign), probe_seconds=probe_seconds)
+    for line in report_lines(result, str(campaign)):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+@app.command()
+@handled
+def kinds(
+    group: Optional[str] = typer.Argument(None, help="sampler, operator or prior (or a kind's name)."),
+    name: Optional[str] = typer.Argument(None, help="A kind of that group: print its keys."),
+) -> None:
+    """List the sampler, operator and prior kinds; for one kind, its keys with type, default, meaning and reference."""
+    from uqcampaign.pipeline.kinds import GROUPS, find_kind, kind_doc, kinds_of
+
+    if group is not None and group not in GROUPS:
+        if name is not None:
+            raise UQError(f"unknown group {group!r}; give sampler, operator or prior, e.g. `uqc kinds sampler {name}`")
+        group, name = find_kind(group)
+    if name is None:
+        for g in GROUPS if group is None else (group,):
+            console.print(f"{g} kinds (`uqc kinds {g} NAME` for the keys):", markup=False)
+            docs = [kind_doc(g, k) for k in kinds_of(g)]
+            width = max(len(d.kind) for d in docs)
+            for doc in docs:
+                console.print(f"  {doc.kind:<{width}}  {doc.summary}", markup=False, soft_wrap=True)
+        return
+    doc = kind_doc(group, name)
+    console.print(f"{group} {doc.kind}: {doc.summary}", markup=False, soft_wrap=True)
+    console.print(f"Reference: {doc.reference or '-'}", markup=False, soft_wrap=True)
+    if not doc.keys:
+        console.print("Keys: none (write just `kind: " + doc.kind + "`)", markup=False)
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"Keys of {group} {doc.kind}", title_justify="left")
+    for column in ("key", "type", "default", "meaning"):
+        table.add_column(column, no_wrap=column != "meaning", overflow="fold")
+    for key in doc.keys:
+        table.add_row(key.name, key.type or "-", key.default or "-", key.meaning, style=None)
+    console.print(table, markup=False)
+
+
+@app.command()
+@handled
 def reduce(
     store: str = typer.Argument(..., help="Store path or URL."),
     level: Optional[float] = typer.Option(None, help="Credible level of the intervals, in (0, 1) (default: the campaign's reduce.level)."),
@@ -215,11 +287,19 @@ def maps(
 
 @app.command()
 @handled
-def report(store: str = typer.Argument(..., help="Store path or URL.")) -> None:
+def report(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs)."),
+) -> None:
     """Print the per-measurement table: coverage, max R-hat, min ESS, chi2."""
-    from uqcampaign.pipeline.report import print_report
+    from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_rows
 
-    print_report(store, console)
+    if format not in REPORT_FORMATS:
+        raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
+    if format == "table":
+        print_report(store, console)
+    else:
+        print(format_rows(report_rows(store), format), end="")
 
 
 @app.command()

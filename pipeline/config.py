@@ -1,9 +1,10 @@
 """The campaign file (DESIGN §3): pydantic models, YAML loading with line numbers, config hash.
 
 ``load_campaign(path)`` parses the YAML with ``yaml.safe_load``, validates it (unknown keys
-are errors everywhere) and reports every problem as one :class:`UQError` line
-``campaign.yaml:7: unknown key 'sampler.stepp'``: the key path is mapped back to its line by
-walking the node tree of ``yaml.compose``. The operator, prior and sampler specs are checked
+are errors everywhere) and reports every problem at once, one line each, sorted by line
+(``campaign.yaml:7: unknown key 'sampler.stepp'``; one problem is a :class:`UQError`, several a
+:class:`UQErrors`): the key path is mapped back to its line by walking the node tree of
+``yaml.compose``. The operator, prior and sampler specs are checked
 there too, cheaply (the prior's kind and keys only: nothing is loaded), so a misspelt key of
 theirs also fails with its line.
 
@@ -20,6 +21,7 @@ is partial); a Zarr edge chunk holds them.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -31,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.errors import UQError, UQErrors
 from uqcampaign.pipeline.address import parse_address
 
 __all__ = [
@@ -261,33 +263,49 @@ def _key_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _duplicate_key(node: yaml.Node | None, prefix: str = "") -> tuple[str, int, int] | None:
-    """``(key path, first line, second line)`` of the first key given twice in one mapping, else None.
+def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[tuple[str, int, int]]:
+    """``(key path, first line, repeated line)`` of every key given twice in one mapping.
 
     ``yaml.safe_load`` silently keeps the last value of a repeated key; the campaign refuses it.
     """
+    found: list[tuple[str, int, int]] = []
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key, value in node.value:
             name, line = f"{prefix}{key.value}", key.start_mark.line + 1
             if key.value in seen:
-                return name, seen[key.value], line
-            seen[key.value] = line
-            found = _duplicate_key(value, f"{name}.")
-            if found:
-                return found
+                found.append((name, seen[key.value], line))
+            else:
+                seen[key.value] = line
+            found += _duplicate_keys(value, f"{name}.")
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            found = _duplicate_key(item, f"{prefix}{index}.")
-            if found:
-                return found
-    return None
+            found += _duplicate_keys(item, f"{prefix}{index}.")
+    return found
 
 
 def _where(path: Path | None, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     name = path.name if path is not None else "campaign"
     line = _key_line(node, loc)
     return f"{path if path is not None else name}:{line}" if line else str(path if path is not None else name)
+
+
+# One problem of a campaign file: (line, or None when the key is absent; the line of text shown).
+Problem = tuple[int | None, str]
+
+
+def _problem(path: Path | None, node: yaml.Node | None, loc: tuple[Any, ...], message: str) -> Problem:
+    return _key_line(node, loc), f"{_where(path, node, loc)}: {message}"
+
+
+def _raise_problems(problems: list[Problem]) -> None:
+    """Nothing when ``problems`` is empty; one UQError for one; a UQErrors of all, sorted by line, for more."""
+    if not problems:
+        return
+    lines = [text for _, text in sorted(problems, key=lambda p: (p[0] is None, p[0] or 0))]
+    if len(lines) == 1:
+        raise UQError(lines[0])
+    raise UQErrors(lines)
 
 
 def _format_error(err: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
@@ -310,35 +328,63 @@ def _format_error(err: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
 
 
 def campaign_from_dict(raw: Any, root: str | Path | None = None, *, path: Path | None = None, node: yaml.Node | None = None) -> Campaign:
-    """Validate a parsed campaign mapping; errors become one-line :class:`UQError`.
+    """Validate a parsed campaign mapping; every problem is reported at once.
 
-    ``path`` and ``node`` (the ``yaml.compose`` tree) only serve the ``file:line:`` prefix.
+    One problem raises a one-line :class:`UQError`, several a :class:`UQErrors` with one
+    ``file:line: …`` line each, sorted by line. ``path`` and ``node`` (the ``yaml.compose``
+    tree) only serve the ``file:line:`` prefix.
     """
+    campaign, problems = _validate(raw, path, node)
+    _raise_problems(problems)
+    assert campaign is not None
+    return campaign.with_root(root if root is not None else Path.cwd())
+
+
+def _validate(raw: Any, path: Path | None, node: yaml.Node | None) -> tuple[Campaign | None, list[Problem]]:
+    """The campaign (None when invalid) and every problem found: the model's, then each component spec's."""
     if not isinstance(raw, dict):
-        raise UQError(f"{path or 'campaign'}: expected a YAML mapping of campaign keys, got {type(raw).__name__}")
+        return None, [(None, f"{path or 'campaign'}: expected a YAML mapping of campaign keys, got {type(raw).__name__}")]
+    problems: list[Problem] = []
+    campaign = None
     try:
         campaign = Campaign.model_validate(raw)
     except ValidationError as exc:
-        # Report one error (a misspelt key first: it usually explains a "missing" one too).
-        errors = sorted(exc.errors(), key=lambda err: err["type"] != "extra_forbidden")
-        loc, message = _format_error(errors[0])
-        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise UQError(f"{_where(path, node, loc)}: {message}{more}") from None
-    campaign.with_root(root if root is not None else Path.cwd())
-    _check_specs(campaign, path, node)
-    return campaign
+        by_loc: dict[tuple[Any, ...], str] = {}
+        unknown, missing = [], []
+        for err in exc.errors():
+            loc, message = _format_error(err)
+            if loc in by_loc:  # the branches of a union (e.g. auto | integer): one line, both reasons
+                message = by_loc[loc] + " or " + message.split(": ", 1)[-1]
+            by_loc[loc] = message
+            (unknown if err["type"] == "extra_forbidden" else missing if err["type"] == "missing" else []).append(loc)
+        for loc in unknown:  # a misspelt key explains the missing one: one line says both
+            near = [m for m in missing if m[:-1] == loc[:-1] and m in by_loc]
+            match = difflib.get_close_matches(str(loc[-1]), [str(m[-1]) for m in near], n=1, cutoff=0.6) if loc else []
+            if match:
+                by_loc[loc] += f"; did you mean '{'.'.join(map(str, (*loc[:-1], match[0])))}' (missing)?"
+                del by_loc[next(m for m in near if str(m[-1]) == match[0])]
+        problems += [_problem(path, node, loc, message) for loc, message in by_loc.items()]
+    problems += _spec_problems(raw, path, node)
+    return campaign, problems
 
 
-def _check_specs(campaign: Campaign, path: Path | None, node: yaml.Node | None) -> None:
-    """Check the operator, prior and sampler specs (cheaply) so a bad kind, key or value fails with its line."""
+def _spec_problems(raw: dict[str, Any], path: Path | None, node: yaml.Node | None) -> list[Problem]:
+    """Check the operator, prior and sampler specs (cheaply) so a bad kind, key or value fails with its line.
+
+    A section that is not a mapping with a string ``kind`` is left to the model's own error.
+    """
+    problems: list[Problem] = []
     for section, check in _SPEC_CHECKS.items():
-        spec = getattr(campaign, section)
+        spec = raw.get(section)
+        if not (isinstance(spec, dict) and isinstance(spec.get("kind"), str)):
+            continue
         try:
             check(dict(spec))
         except ImportError:  # kernels not installed yet: the runner builds the component later and reports there
             continue
         except UQError as exc:
-            raise UQError(f"{_where(path, node, _spec_loc(section, spec, str(exc)))}: {exc}") from None
+            problems.append(_problem(path, node, _spec_loc(section, spec, str(exc)), str(exc)))
+    return problems
 
 
 # The operator check builds on a probe image with file keys pointing at a path that does not exist
@@ -352,8 +398,9 @@ def _check_operator(spec: dict[str, Any]) -> None:
     """Build the operator on a probe image: a bad kind, key or value fails here; the rest is left to the runner."""
     from uqcampaign.kernels.errors import SpecFitError
     from uqcampaign.kernels.operators import build_operator
+    from uqcampaign.kernels.operators.spec import FILE_KEYS
 
-    probe = {key: _PROBE_FILE if key in ("mask", "file") else value for key, value in spec.items()}
+    probe = {key: _PROBE_FILE if key in FILE_KEYS else value for key, value in spec.items()}
     try:
         build_operator(probe, _PROBE_IMAGE)
     except SpecFitError:
@@ -412,9 +459,14 @@ def load_campaign(path: str | Path) -> Campaign:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UQError(f"{where}: invalid YAML: {problem}") from None
     if raw is None:
-        raise UQError(f"{path}: the file is empty; write the campaign keys of DESIGN §3 (name, store, data, ...)")
-    duplicate = _duplicate_key(node)
-    if duplicate:
-        key, first, second = duplicate
-        raise UQError(f"{path}:{second}: key '{key}' is given twice (lines {first} and {second}); keep one")
-    return campaign_from_dict(raw, path.resolve().parent, path=path, node=node)
+        # chunks is filled in by Campaign._default_chunks when absent
+        required = ", ".join(name for name, field in Campaign.model_fields.items() if field.is_required() and name != "chunks")
+        raise UQError(f"{path}: the file is empty; a campaign needs the keys {required} (`uqc kinds` lists the operator, prior and sampler kinds)")
+    problems: list[Problem] = [
+        (second, f"{path}:{second}: key '{key}' is given twice (lines {first} and {second}); keep one")
+        for key, first, second in _duplicate_keys(node)
+    ]
+    campaign, more = _validate(raw, path, node)
+    _raise_problems(problems + more)
+    assert campaign is not None
+    return campaign.with_root(path.resolve().parent)

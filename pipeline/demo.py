@@ -63,7 +63,7 @@ def run_demo(
 
     start = time.perf_counter()
     with torch_threads(1):
-        run_campaign(campaign, progress=progress, console=console)
+        run_campaign(campaign, progress=progress, console=Console(stderr=True))  # the bar goes to stderr
     seconds["run"] = time.perf_counter() - start
 
     start = time.perf_counter()

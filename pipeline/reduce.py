@@ -271,9 +271,11 @@ def _scheduler(address: str | None, n_workers: int) -> Iterator[dict[str, Any]]:
 def _progress(enabled: bool, kwargs: dict[str, Any]) -> Iterator[None]:
     """Dask's progress bar on the local schedulers (distributed and Ray show their own dashboards)."""
     if enabled and kwargs.get("scheduler") == "threads" and "pool" not in kwargs:
+        import sys
+
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar(dt=0.5):
+        with ProgressBar(dt=0.5, out=sys.stderr):  # results go to stdout, progress to stderr
             yield
     else:
         yield

@@ -35,6 +35,8 @@ __all__ = [
     "open_summary",
     "report_rows",
     "print_report",
+    "REPORT_FORMATS",
+    "format_rows",
 ]
 
 RHAT_WARN = 1.01
@@ -249,3 +251,35 @@ def print_report(store: Any, console: Console | None = None) -> None:
             row["flag"],
         )
     (console or Console()).print(table)
+
+
+REPORT_FORMATS = ("table", "json", "csv")
+"""What ``uqc report --format`` takes: ``table`` (rich, for reading), ``json`` and ``csv`` (for programs)."""
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The rows of :func:`report_rows` as ``json`` (a list of objects, NaN/inf as null) or ``csv`` (header + one line each).
+
+    Every key of the rows becomes a field, in the order met, so new row keys need no change here.
+    """
+    import csv
+    import io
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, np.generic):
+            return plain(value.item())
+        return value
+
+    clean = [{key: plain(value) for key, value in row.items()} for row in rows]
+    if fmt == "json":
+        return json.dumps(clean, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        fields = list(dict.fromkeys(key for row in clean for key in row))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in clean)
+        return out.getvalue()
+    raise UQError(f"report format {fmt!r} is not one of {', '.join(REPORT_FORMATS)}")

@@ -20,10 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from uqcampaign.pipeline.config import Campaign
+from uqcampaign.pipeline.preflight import Budget, check_campaign
 from uqcampaign.pipeline.store import StoreLayout, consolidate, create_or_open, draws_done
 from uqcampaign.pipeline.units import load_components, pending_units, run_unit
 
-__all__ = ["RunResult", "prepare_store", "check_sampler", "run_campaign", "draw_progress"]
+__all__ = ["RunResult", "prepare_store", "check_sampler", "run_campaign", "draw_progress", "units_done"]
 
 
 @dataclass
@@ -39,7 +40,13 @@ class RunResult:
 
 
 def prepare_store(
-    campaign: Campaign, *, force: bool = False, prior: Any = None, operator: Any = None, say: Callable[[str], None] | None = None
+    campaign: Campaign,
+    *,
+    force: bool = False,
+    prior: Any = None,
+    operator: Any = None,
+    say: Callable[[str], None] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[zarr.Group, list[str], tuple[Any, Any, Any]]:
     """Create or reopen the campaign's store; returns (group, messages, (prior, operator, sampler)).
 
@@ -49,12 +56,16 @@ def prepare_store(
 
     The sampler is checked against the prior, operator and noise (ULA step bound, latent or
     pixel prior) before the store is touched, so a bad campaign neither writes an empty store
-    that would block its corrected version nor lets ``--force`` delete the old one.
+    that would block its corrected version nor lets ``--force`` delete the old one. The
+    pre-flight (:func:`~uqcampaign.pipeline.preflight.check_campaign`) then refuses a campaign
+    whose workers (``budget``: this machine, one worker, by default) or store cannot hold it,
+    before the data is read, the store written or any chain tensor allocated.
     """
     from uqcampaign.pipeline.data import load_or_simulate
 
     components = load_components(campaign, prior, operator)
     check_sampler(campaign, *components)
+    check_campaign(campaign, *components, budget)
 
     def layout() -> StoreLayout:
         prior_, operator_, sampler_ = components
@@ -84,12 +95,21 @@ class _DrawRate(ProgressColumn):
         return Text(f"{speed:,.0f} draws/s" if speed else "- draws/s", style="progress.data.speed")
 
 
+def units_done(name: str, done: int, total: int) -> str:
+    """The label of the ``run`` bar: what it counts, done/total."""
+    return f"{name}: {done}/{total} units done"
+
+
 def draw_progress(console: Console | None, enabled: bool) -> Progress:
-    """The progress bar of ``run`` (chain-draws, draws/s, ETA)."""
+    """The progress bar of ``run``: units done/total (the label, see :func:`units_done`), chain-draws done/total, draws/s, ETA.
+
+    Give it a ``console`` on stderr: results go to stdout.
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("chain-draws"),
         _DrawRate(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -117,11 +137,12 @@ def run_campaign(campaign: Campaign, *, resume: bool = False, force: bool = Fals
     remaining = int((campaign.draws - done).clip(min=0).sum())
     written = 0
     with draw_progress(console, progress and bool(units)) as bar:
-        task = bar.add_task(f"{campaign.name}: {len(units)}/{total} units", total=remaining)
-        for unit in units:
+        task = bar.add_task(units_done(campaign.name, total - len(units), total), total=remaining)
+        for k, unit in enumerate(units, start=1):
             stats = run_unit(campaign, unit, group, prior=prior, operator=operator, on_chunk=lambda n: bar.advance(task, n))
             chains = campaign.block_chains(unit.block)
             written += stats.draws_written * (chains.stop - chains.start)
+            bar.update(task, description=units_done(campaign.name, total - len(units) + k, total))
     consolidate(group)
     seconds = time.perf_counter() - start
     return RunResult(campaign.store_location, len(units), total, written, seconds, messages)

@@ -54,7 +54,16 @@ class DenseOperator(LinearOperator):
 
 
 class CompressedSensing(DenseOperator):
-    """Seeded Gaussian matrix ``(m, C·H·W)/√m`` (numpy ``default_rng(seed)``). Spec ``{kind: cs, m: 64, seed: 0}``."""
+    """Compressed sensing: a seeded Gaussian matrix ``(m, C·H·W)/√m`` on the flattened image; obs ``(m,)``.
+
+    Spec ``{kind: cs, m: 64, seed: 0}``.
+
+    Reference: Candès & Wakin 2008, IEEE Signal Processing Magazine 25(2), "An introduction to compressive sampling".
+
+    Keys:
+        m: number of measurements (rows of the matrix).
+        seed: seed of numpy.random.default_rng that draws the matrix.
+    """
 
     kind = "cs"
     KEYS = ("m", "seed")
@@ -68,7 +77,15 @@ class CompressedSensing(DenseOperator):
 
 
 class MatrixOperator(DenseOperator):
-    """A user matrix from a ``.npy`` file of shape ``(m, C·H·W)``. Spec ``{kind: matrix, file: A.npy}``."""
+    """Any linear operator: a user matrix ``(m, C·H·W)`` acting on the C-order flattened image; obs ``(m,)``.
+
+    Spec ``{kind: matrix, file: A.npy}``.
+
+    Reference: none (the user's matrix).
+
+    Keys:
+        file: a .npy file holding the matrix, shape (m, C·H·W) (required).
+    """
 
     kind = "matrix"
     KEYS = ("file",)

@@ -44,7 +44,14 @@ class DiagonalOperator(LinearOperator):
 
 
 class Denoise(DiagonalOperator):
-    """Identity: ``y = x``, obs ``(C, H, W)``. Spec ``{kind: denoise}``."""
+    """Denoising: the identity, ``y = x``; obs ``(C, H, W)``.
+
+    Spec ``{kind: denoise}``.
+
+    Reference: none (the identity).
+
+    Keys: none.
+    """
 
     kind = "denoise"
 
@@ -57,12 +64,17 @@ class Denoise(DiagonalOperator):
 
 
 class Inpainting(DiagonalOperator):
-    """Pixel mask: ``y = M ⊙ x``, obs ``(C, H, W)``, ``M`` of 0/1 values.
+    """Inpainting: a 0/1 pixel mask, ``y = M ⊙ x``; obs ``(C, H, W)`` (missing pixels are 0).
 
-    Spec ``{kind: inpaint, fraction: 0.5, seed: 0}`` keeps exactly ``round(fraction·H·W)`` pixel
-    positions, drawn with ``numpy.random.default_rng(seed)`` and shared over channels (a missing
-    pixel loses all its channels); or ``{kind: inpaint, mask: file.npy}`` with a ``(C, H, W)`` or
-    ``(H, W)`` array of 0/1.
+    Spec ``{kind: inpaint, fraction: 0.5, seed: 0}`` or ``{kind: inpaint, mask: file.npy}``.
+
+    Reference: deepinv.physics.Inpainting; the inpainting experiments of Laumont et al. 2022, SIAM J. Imaging Sci. 15(2).
+
+    Keys:
+        fraction: fraction of the H·W pixel positions kept, in (0, 1]: exactly round(fraction·H·W) positions,
+            shared over channels (a missing pixel loses all its channels).
+        seed: seed of numpy.random.default_rng that draws the kept positions.
+        mask: a .npy file of 0/1 values, (C, H, W) or (H, W), instead of fraction and seed.
     """
 
     kind = "inpaint"

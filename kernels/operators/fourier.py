@@ -56,9 +56,15 @@ class FourierDiagonalOperator(LinearOperator):
 
 
 class Blur(FourierDiagonalOperator):
-    """Circular convolution with a normalised Gaussian kernel, by FFT; obs ``(C, H, W)``.
+    """Deblurring: circular convolution with a normalised Gaussian kernel, by FFT; obs ``(C, H, W)``.
 
-    Spec ``{kind: blur, sigma: 2.0, size: 9}`` (``size`` odd, ≤ H and W). ``A x = F⁻¹[K̂ · F x]``,
+    Reference: Hansen, Nagy & O'Leary 2006, Deblurring Images: Matrices, Spectra, and Filtering, SIAM (periodic boundary conditions).
+
+    Keys:
+        sigma: standard deviation of the Gaussian kernel, in pixels (> 0).
+        size: width of the square kernel in pixels: odd, at most H and W.
+
+    Spec ``{kind: blur, sigma: 2.0, size: 9}``. ``A x = F⁻¹[K̂ · F x]``,
     ``Aᵀ y = F⁻¹[conj(K̂) · F y]`` (correlation), ``g = |K̂|²``. ``pinv`` is the truncated inverse
     filter: frequencies with ``|K̂| ≤ PINV_RTOL · max|K̂|`` are set to zero, which is
     ``torch.linalg.pinv(matrix(), rtol=PINV_RTOL)``.
@@ -102,14 +108,19 @@ class Blur(FourierDiagonalOperator):
 
 
 class MRI(FourierDiagonalOperator):
-    """Single-coil MRI: orthonormal 2-D FFT, k-space centred (``fftshift``), then a 0/1 sampling mask.
+    """Single-coil MRI: orthonormal 2-D FFT, k-space centred, then a 0/1 mask of sampled columns; obs ``(C, H, W, 2)``.
 
-    ``y = M ⊙ fftshift(F x)`` stored as a real tensor, obs ``(C, H, W, 2)`` (real, imaginary).
-    Spec ``{kind: mri, acceleration: 4, center_fraction: 0.08, seed: 0}`` samples whole k-space
-    columns (the last axis): the ``max(1, round(W·center_fraction))`` centre columns and random
-    others, ``max(n_centre, round(W/acceleration))`` in all (exact acceleration, numpy
-    ``default_rng(seed)``); or ``{kind: mri, mask: file.npy}`` with a ``(H, W)`` or ``(C, H, W)`` 0/1
-    mask in the same centred order.
+    ``y = M ⊙ fftshift(F x)`` stored as a real tensor (real, imaginary). Spec ``{kind: mri,
+    acceleration: 4, center_fraction: 0.08, seed: 0}`` or ``{kind: mri, mask: file.npy}``.
+
+    Reference: Zbontar et al. 2018, fastMRI, arXiv:1811.08839 (random column masks with a fully sampled centre).
+
+    Keys:
+        acceleration: W / (columns sampled), >= 1: max(n_centre, round(W/acceleration)) columns in all.
+        center_fraction: fraction of the W columns sampled around the centre of k-space, in (0, 1]:
+            n_centre = max(1, round(W·center_fraction)).
+        seed: seed of numpy.random.default_rng that draws the other sampled columns.
+        mask: a .npy file of 0/1 values, (H, W) or (C, H, W), in the centred k-space order, instead of the three keys above.
 
     For real ``x``, ``AᵀA = Re(Fᴴ M F) = Fᴴ M_s F`` with the symmetrised mask
     ``M_s(k) = (M(k) + M(−k))/2`` (``F x`` is Hermitian), so ``g = M_s``.

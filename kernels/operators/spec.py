@@ -15,7 +15,10 @@ from torch import Tensor
 from uqcampaign.kernels.errors import SpecFitError, require, require_fit
 from uqcampaign.kernels.operators.base import ImgShape
 
-__all__ = ["param", "load_array", "file_mask"]
+__all__ = ["FILE_KEYS", "param", "load_array", "file_mask"]
+
+#: spec keys whose value is the path of a ``.npy`` file (relative to the campaign file's folder)
+FILE_KEYS: tuple[str, ...] = ("mask", "file")
 
 
 def param(

@@ -17,7 +17,14 @@ __all__ = ["SuperResolution"]
 
 
 class SuperResolution(LinearOperator):
-    """Average pooling by ``factor`` f: obs ``(C, H/f, W/f)``. Spec ``{kind: superres, factor: 2}``.
+    """Super-resolution: average pooling by an integer factor f; obs ``(C, H/f, W/f)``.
+
+    Spec ``{kind: superres, factor: 2}``.
+
+    Reference: deepinv.physics.Downsampling with a box filter.
+
+    Keys:
+        factor: the integer f; it must divide H and W.
 
     ``Aᵀ y`` = nearest upsampling / f², so ``A Aᵀ = I/f²``. Woodbury:
     ``(AᵀA/σ² + I/δ)⁻¹ = δ I − δ² AᵀA / (σ² + δ/f²)``; and ``A⁺ = Aᵀ(A Aᵀ)⁻¹ = f² Aᵀ``.

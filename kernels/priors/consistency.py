@@ -87,7 +87,18 @@ class ConsistencyPrior(NetworkPrior):
 
 
 def load_consistency_prior(spec: dict[str, Any], root: Path | str | None = None) -> ConsistencyPrior:
-    """Build a :class:`ConsistencyPrior` from ``{kind: consistency, path: folder[, img_shape]}`` (offline, safetensors)."""
+    """Consistency model (diffusers UNet2DModel + CMStochasticIterativeScheduler): one network call maps x_t to x_0.
+
+    Builds a :class:`ConsistencyPrior` from ``{kind: consistency, path: folder}`` (offline, safetensors).
+
+    Reference: Song, Dhariwal, Chen & Sutskever 2023, ICML, "Consistency models".
+
+    Keys:
+        path: a ConsistencyModelPipeline folder written by save_pretrained (safetensors weights), relative to
+            the campaign file's folder (required).
+        img_shape: [C, H, W] the campaign's images must have; optional, checked against the model.
+        image_size: H (or [H, W]) the campaign's images must have; optional, checked against the model.
+    """
     kind = "consistency"
     check_keys(spec, PRIOR_KEYS[kind])
     folder, _ = open_model_folder(spec, root, kind, CONSISTENCY_PIPELINES)

@@ -133,10 +133,17 @@ def _load_unet_and_scheduler(folder: Path, kind: str, schedulers: tuple[str, ...
 
 
 def load_diffusion_prior(spec: dict[str, Any], root: Path | str | None = None) -> DiffusionPrior:
-    """Build a :class:`DiffusionPrior` from ``{kind: diffusion, path: folder[, img_shape]}``.
+    """Diffusion model (a diffusers UNet2DModel and its scheduler): ε- or v-prediction turned into the Tweedie denoiser.
 
-    ``path`` is relative to ``root`` (the campaign file's folder). The folder is a
-    ``DDPMPipeline``/``DDIMPipeline`` ``save_pretrained`` folder; nothing is fetched from the hub.
+    Builds a :class:`DiffusionPrior` from ``{kind: diffusion, path: folder}``; nothing is fetched from the hub.
+
+    Reference: Ho, Jain & Abbeel 2020, NeurIPS, "Denoising diffusion probabilistic models"; Efron 2011, JASA 106 (Tweedie's formula).
+
+    Keys:
+        path: a DDPMPipeline / DDIMPipeline folder written by save_pretrained (safetensors weights), relative
+            to the campaign file's folder (required).
+        img_shape: [C, H, W] the campaign's images must have; optional, checked against the model.
+        image_size: H (or [H, W]) the campaign's images must have; optional, checked against the model.
     """
     check_keys(spec, PRIOR_KEYS["diffusion"])
     folder, _ = open_model_folder(spec, root, "diffusion", DIFFUSION_PIPELINES)

@@ -294,7 +294,18 @@ def _check_described(prior: GaussianMixturePrior, spec: Mapping[str, Any]) -> Ga
 
 
 def load_gmm_prior(spec: Mapping[str, Any], root: Path | None) -> GaussianMixturePrior:
-    """``{kind: gmm, file: x.npz}`` → :class:`GaussianMixturePrior` (``file`` relative to ``root``)."""
+    """Gaussian mixture with diagonal covariances, from an ``.npz`` file; exact denoiser, sampling and posterior.
+
+    ``{kind: gmm, file: x.npz}`` → :class:`GaussianMixturePrior` (``file`` relative to ``root``).
+
+    Reference: Bishop 2006, Pattern Recognition and Machine Learning, Sections 2.3.3 and 9.2 (each component is conjugate).
+
+    Keys:
+        file: .npz file with weights (K,), means (K, C, H, W) and variances (K, C, H, W) (required).
+        img_shape: [C, H, W] of the images; optional, checked against the prior (the store's description repeats it).
+        components: number K of mixture components; optional, checked against the prior.
+        covariance: "diagonal" or "full"; optional, checked against the prior.
+    """
     check_keys(spec, PRIOR_KEYS["gmm"])
     require("file" in spec, "gmm prior spec needs a file: {kind: gmm, file: prior.npz}")
     path = resolve_path(spec["file"], root, "gmm prior file")
@@ -303,10 +314,21 @@ def load_gmm_prior(spec: Mapping[str, Any], root: Path | None) -> GaussianMixtur
 
 
 def load_gaussian_prior(spec: Mapping[str, Any], root: Path | None) -> GaussianMixturePrior:
-    """``{kind: gaussian, file: g.npz}`` or ``{kind: gaussian, shape: [C,H,W], mean: m, variance: v}``.
+    """Gaussian prior (diagonal or full covariance), from a file or inline; exact denoiser, sampling and posterior.
 
-    The file holds ``mean (C,H,W)`` and ``variance (C,H,W)`` or ``covariance (d,d)``; inline
-    ``mean`` and ``variance`` are numbers or nested lists broadcastable to ``shape``.
+    ``{kind: gaussian, file: g.npz}`` or ``{kind: gaussian, shape: [C,H,W], mean: m, variance: v}``.
+
+    Reference: Bishop 2006, Pattern Recognition and Machine Learning, Section 2.3.3 (Bayes' theorem for Gaussian variables).
+
+    Keys:
+        file: .npz file with mean (C, H, W) and either variance (C, H, W) or covariance (d, d), d = C·H·W;
+            instead of shape, mean and variance.
+        shape: [C, H, W] of the images, with inline mean and variance.
+        mean: a number or nested lists broadcastable to shape.
+        variance: a number > 0 or nested lists broadcastable to shape (diagonal covariance).
+        img_shape: [C, H, W] of the images; optional, checked against the prior (the store's description repeats it).
+        components: number K of mixture components; optional, checked against the prior.
+        covariance: "diagonal" or "full"; optional, checked against the prior.
     """
     check_keys(spec, PRIOR_KEYS["gaussian"])
     inline = [key for key in ("shape", "mean", "variance") if key in spec]

@@ -159,9 +159,20 @@ def encode_prompt(tokenizer: Any, text_encoder: Any, prompt: str | list[str]) ->
 
 
 def load_latent_consistency_prior(spec: dict[str, Any], root: Path | str | None = None) -> LatentConsistencyPrior:
-    """Build a :class:`LatentConsistencyPrior` from ``{kind: latent-consistency, path, prompt[, guidance_scale][, img_shape]}``.
+    """Latent consistency model: VAE + conditioned UNet + LCMScheduler + CLIP text encoder (the LATINO setup).
 
-    ``prompt`` defaults to ``"a handwritten digit"``; the text encoder runs once here and is then dropped.
+    Builds a :class:`LatentConsistencyPrior` from ``{kind: latent-consistency, path, prompt}``; the text
+    encoder runs once here and is then dropped.
+
+    Reference: Luo, Tan, Huang, Li & Zhao 2023, arXiv:2310.04378, "Latent consistency models"; Rombach et al. 2022, CVPR (latent diffusion).
+
+    Keys:
+        path: a LatentConsistencyModelPipeline (or StableDiffusion with an LCMScheduler) folder written by
+            save_pretrained (safetensors weights), relative to the campaign file's folder (required).
+        prompt: text of the condition c (default "a handwritten digit").
+        guidance_scale: classifier-free guidance scale w >= 1 given to the LCM as its embedding (default 1).
+        img_shape: [C, H, W] the campaign's images must have; optional, checked against the model.
+        image_size: H (or [H, W]) the campaign's images must have; optional, checked against the model.
     """
     kind = "latent-consistency"
     check_keys(spec, PRIOR_KEYS[kind])

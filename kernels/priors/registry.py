@@ -29,7 +29,7 @@ from typing import Any
 from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.priors.base import Prior
 
-__all__ = ["PRIOR_KINDS", "PRIOR_KEYS", "build_prior", "check_prior_spec", "resolve_path", "check_keys"]
+__all__ = ["PRIOR_KINDS", "PRIOR_KEYS", "build_prior", "prior_loader", "check_prior_spec", "resolve_path", "check_keys"]
 
 _LOADERS: dict[str, str] = {
     "gaussian": "uqcampaign.kernels.priors.gaussian_mixture:load_gaussian_prior",
@@ -55,10 +55,15 @@ def build_prior(spec: Mapping[str, Any], root: Path | str | None = None) -> Prio
     Keys whose value is ``None`` are dropped first (a config model dumps unset fields as ``None``).
     """
     kind = check_prior_spec(spec)
-    module_name, function_name = _LOADERS[kind].split(":")
-    loader: Callable[[dict[str, Any], Path | None], Prior] = getattr(importlib.import_module(module_name), function_name)
     cleaned = {key: value for key, value in spec.items() if value is not None}
-    return loader(cleaned, None if root is None else Path(root))
+    return prior_loader(kind)(cleaned, None if root is None else Path(root))
+
+
+def prior_loader(kind: str) -> Callable[[dict[str, Any], Path | None], Prior]:
+    """The loader function of ``kind`` (imported now); its docstring documents the kind's keys (`uqc kinds`)."""
+    require(kind in _LOADERS, f"unknown prior kind {kind!r}; choose one of {', '.join(PRIOR_KINDS)}")
+    module_name, function_name = _LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def check_prior_spec(spec: Any) -> str:

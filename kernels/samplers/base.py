@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict
-from typing import Any, Iterator, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -18,6 +18,7 @@ from uqcampaign.kernels.errors import UQError, require
 
 __all__ = [
     "Draw",
+    "StateSize",
     "Sampler",
     "ConfiguredSampler",
     "check_run_inputs",
@@ -61,15 +62,40 @@ class Sampler(Protocol):
     def describe(self) -> dict: ...
 
 
+class StateSize(NamedTuple):
+    """Memory a sampler holds while it runs one unit: ``bytes``, and ``what`` they are (for messages)."""
+
+    bytes: int
+    what: str
+
+
 class ConfiguredSampler:
     """Base of the samplers: a frozen dataclass holding ``config`` (a dataclass) and ``kind``."""
 
     config: Any
     kind: str
 
+    #: live ``(chains, C, H, W)`` float32 tensors at the peak of one step (state, proposal,
+    #: temporaries), used by the pre-flight memory estimate; a kind that does not say is
+    #: assumed to hold 8, and ``STATE_TENSORS`` names them
+    STATE_COPIES: ClassVar[int] = 8
+    STATE_TENSORS: ClassVar[str] = "assumed: the sampler does not state its own"
+
     def describe(self) -> dict:
         """``{"kind": ..., **config}``: JSON-able, rebuilds the sampler with ``build_sampler``."""
         return {"kind": self.kind, **asdict(self.config)}
+
+    def nfe_per_unit(self, n_draws: int) -> float:
+        """Network calls per chain for ``n_draws`` draws of one unit (burn-in included where there is one)."""
+        return n_draws * self.nfe_per_draw()  # type: ignore[attr-defined]
+
+    def state_size(self, n_chains: int, img_shape: tuple[int, ...], prior: dict[str, Any]) -> StateSize:
+        """Bytes the sampler holds for ``n_chains`` chains of ``img_shape`` images: ``STATE_COPIES`` float32 copies.
+
+        ``prior`` is the prior's description (``describe()``); network activations are not counted.
+        """
+        shape = f"({n_chains}, {', '.join(map(str, img_shape))})"
+        return StateSize(self.STATE_COPIES * n_chains * math.prod(img_shape) * 4, f"{self.STATE_COPIES} x {shape} float32 ({self.STATE_TENSORS})")
 
 
 def check_run_inputs(y: torch.Tensor, operator: Any, sigma: float, n_chains: int, n_draws: int) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import torch
 
@@ -33,8 +33,15 @@ __all__ = ["DPSConfig", "DPSSchedule", "DPSState", "DPSInfo", "respaced_schedule
 
 @dataclass(frozen=True)
 class DPSConfig:
-    """DPS settings. ``zeta``: guidance scale ζ of the un-squared norm gradient.
-    ``steps``: reverse steps (``None`` = all ``T`` steps of the prior's schedule)."""
+    """Diffusion Posterior Sampling: each draw is one reverse diffusion run guided by the gradient of the data misfit.
+
+    Reference: Chung, Kim, McCann, Klasky & Ye 2023, ICLR, "Diffusion posterior sampling for general noisy inverse problems".
+
+    Keys:
+        zeta: guidance scale ζ on the gradient of the un-squared residual norm ||y − A x̂0|| (the reference
+            code uses 0.3 to 1.0); σ is not used, ζ replaces it.
+        steps: reverse steps evenly respaced over the prior's schedule = network calls per draw; null = all of them.
+    """
 
     zeta: float = 0.3
     steps: int | None = None
@@ -131,6 +138,8 @@ class DPSSampler(ConfiguredSampler):
 
     config: DPSConfig = DPSConfig()
     kind: str = "dps"
+    STATE_COPIES: ClassVar[int] = 7
+    STATE_TENSORS: ClassVar[str] = "x_t, x̂0, residual gradient, x_t-1, noise, two temporaries; the denoiser's autograd graph is not counted"
 
     def nfe_per_draw(self) -> float:
         """Denoiser forward calls per draw (``steps``; ``1000`` for the default full schedule)."""

@@ -7,20 +7,29 @@ directly. No network calls (``nfe = 0``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, check_run_inputs, is_exact_prior
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, StateSize, check_run_inputs, is_exact_prior
 
 __all__ = ["ExactConfig", "ExactSampler"]
 
 
 @dataclass(frozen=True)
 class ExactConfig:
-    """No parameters: the posterior is known in closed form."""
+    """I.i.d. draws from the closed-form posterior of a Gaussian or Gaussian-mixture prior (the ground truth); no network calls.
+
+    Only for the ``gaussian`` and ``gmm`` priors: with ``y = A x + σ ε`` every component is
+    conjugate, so the posterior is a Gaussian mixture again (``prior.posterior``).
+
+    Reference: Bishop 2006, Pattern Recognition and Machine Learning, Section 2.3.3 (Bayes' theorem for Gaussian variables).
+
+    Keys: none.
+    """
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,19 @@ class ExactSampler(ConfiguredSampler):
 
     config: ExactConfig = ExactConfig()
     kind: str = "exact"
+    STATE_COPIES: ClassVar[int] = 4
+    STATE_TENSORS: ClassVar[str] = "the draws and their noise, in float64"
 
     def nfe_per_draw(self) -> float:
         return 0.0
+
+    def state_size(self, n_chains: int, img_shape: tuple[int, ...], prior: dict[str, Any]) -> StateSize:
+        """The draws, plus the posterior's ``(d × d)`` float64 matrices: ``2 + 5K`` of them while it is built
+        (AᵀA, A, and per component the prior precision, posterior precision, its Cholesky factor, covariance and scale)."""
+        draws = super().state_size(n_chains, img_shape, prior)
+        d, k = math.prod(img_shape), int(prior.get("components", 1) or 1)
+        matrices = (2 + 5 * k) * d * d * 8
+        return StateSize(draws.bytes + matrices, f"{draws.what} + {2 + 5 * k} x ({d}, {d}) float64 posterior matrices (K = {k})")
 
     def run(
         self, y: torch.Tensor, operator: Any, prior: Any, sigma: float, n_chains: int, n_draws: int, generator: torch.Generator

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import torch
 
@@ -47,9 +47,17 @@ __all__ = ["LatinoConfig", "LatinoState", "LatinoInfo", "latino_timesteps", "ini
 
 @dataclass(frozen=True)
 class LatinoConfig:
-    """LATINO settings. ``steps``: N; ``delta``: prox scale δ (prox step ``δ(1−ᾱ_t)``);
-    ``t_max``, ``t_min``: first and last timestep of the ladder (``null`` = the authors'
-    trailing ladder, 999 … 124 for ``T = 1000``, ``N = 8``).
+    """LATINO: N steps of re-noising, one consistency-model call and an exact data prox; each draw is one run.
+
+    Works with latent priors (encoder and decoder around the consistency model) and pixel priors.
+
+    Reference: Spagnoletti, Prost, Almansa, Papadakis & Pereyra 2025, arXiv:2503.12615 (LATINO).
+
+    Keys:
+        steps: N, the steps of one run = network calls per draw.
+        delta: prox scale δ: step k applies the data prox with step δ(1 − ᾱ_t).
+        t_max: first (largest) timestep of the ladder; null = T − 1, as the authors.
+        t_min: last (smallest) timestep of the ladder; null = the authors' trailing ladder (999 … 124 for T = 1000, N = 8).
 
     Defaults ``t_max = 250, t_min = 20, δ = 0.3`` were chosen on the exact test problems
     (16 pixels, σ = 0.05, Gaussian and GMM priors, inpaint/blur/cs, two seeds): 4.7–5.7 × the
@@ -150,6 +158,8 @@ class LatinoSampler(ConfiguredSampler):
 
     config: LatinoConfig = LatinoConfig()
     kind: str = "latino"
+    STATE_COPIES: ClassVar[int] = 8
+    STATE_TENSORS: ClassVar[str] = "start, x, noise, re-noised z, consistency output, prox right-hand side and its FFT (complex, 2 copies)"
 
     def nfe_per_draw(self) -> float:
         return float(self.config.steps)

@@ -13,7 +13,7 @@ from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
-__all__ = ["SAMPLER_KINDS", "build_sampler"]
+__all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "build_sampler"]
 
 _REGISTRY: dict[str, tuple[type, type]] = {
     "exact": (ExactSampler, ExactConfig),
@@ -22,6 +22,8 @@ _REGISTRY: dict[str, tuple[type, type]] = {
     "latino": (LatinoSampler, LatinoConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
+# kind -> config dataclass: its fields are the kind's keys, its docstring their documentation (`uqc kinds`)
+SAMPLER_CONFIGS: dict[str, type] = {kind: config for kind, (_, config) in _REGISTRY.items()}
 
 
 def build_sampler(spec: Mapping[str, Any]) -> Sampler:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import torch
 
@@ -52,13 +52,19 @@ __all__ = ["ULAConfig", "ULAParameters", "ULAState", "ULAInfo", "ula_parameters"
 
 @dataclass(frozen=True)
 class ULAConfig:
-    """PnP-ULA settings.
+    """Projected PnP-ULA: a Langevin Markov chain whose prior score comes from a denoiser; a draw is a thinned state.
 
-    ``step``: ``"auto"`` (the paper's rule) or a positive float ``δ``.
-    ``burn_in``: steps discarded before draw 0. ``thin``: steps between draws.
-    ``alpha``: regularisation weight ``α`` on the denoiser score.
-    ``epsilon``: denoiser noise variance ``ε`` (Laumont et al.: ``(5/255)²``).
-    ``box``: ``(lo, hi)`` of the convex set ``C``, or ``None`` for no projection term.
+    Reference: Laumont, De Bortoli, Almansa, Delon, Durmus & Pereyra 2022, SIAM J. Imaging Sci. 15(2), Algorithms 1 and 2.
+
+    Keys:
+        step: "auto" (a third of the stability bound 1/(L_y + 1/λ + α/ε), the paper's rule) or a step δ > 0
+            below that bound (a larger one is refused).
+        burn_in: steps discarded before draw 0 (one denoiser call each).
+        thin: steps between two kept draws = denoiser calls per draw.
+        alpha: weight α of the denoiser score (D_ε(x) − x)/ε.
+        epsilon: noise variance ε of the denoiser (the paper's (5/255)²).
+        box: [lo, hi] of the box C that the Moreau–Yosida term pulls the chain back into (Algorithm 2), or null
+            for plain PnP-ULA (Algorithm 1, a step about 3 times larger).
     """
 
     step: float | str = "auto"
@@ -178,10 +184,16 @@ class ULASampler(ConfiguredSampler):
 
     config: ULAConfig = ULAConfig()
     kind: str = "ula"
+    STATE_COPIES: ClassVar[int] = 8
+    STATE_TENSORS: ClassVar[str] = "x, likelihood gradient, drift, denoiser input and output, box projection, noise, next state"
 
     def nfe_per_draw(self) -> float:
         """Denoiser calls per draw in the steady state (``thin``; draw 0 also pays ``burn_in``)."""
         return float(self.config.thin)
+
+    def nfe_per_unit(self, n_draws: int) -> float:
+        """``burn_in + n_draws · thin`` denoiser calls per chain."""
+        return float(self.config.burn_in + n_draws * self.config.thin)
 
     def parameters(self, operator: Any, prior: Any, sigma: float) -> ULAParameters:
         """The resolved step constants for this problem (raises on an unstable step)."""

@@ -76,7 +76,7 @@ def test_duplicate_key_boolean_number_and_non_utf8(write_campaign, tmp_path: Pat
     path = write_campaign()
     lines = path.read_text().splitlines()
     first = lines.index("chains: 6") + 1
-    path.write_text("\n".join([*lines, "chains: 2", ""]))
+    path.write_text("\n".join([*lines, "chains: 4", ""]))  # a valid value: the repetition is the only error
     expected = f"campaign.yaml:{len(lines) + 1}: key 'chains' is given twice (lines {first} and {len(lines) + 1})"
     assert expected in _one_line_error(["run", str(path), "--in-process"])
     line = _one_line_error(["run", str(write_campaign(chains=True)), "--in-process"])
