@@ -249,7 +249,7 @@ def _scheduler(address: str | None, n_workers: int) -> Iterator[dict[str, Any]]:
     ray = sys.modules.get("ray")
     started = False
     if ray is None or not ray.is_initialized():
-        join(parsed)  # auth mode, probe, Ray Client retry: one UQError line with Ray's reason
+        join(parsed, say=lambda note: print(note, file=sys.stderr))  # auth mode, probe, Ray Client retry; UQError with Ray's reason
         import ray
 
         started = True
