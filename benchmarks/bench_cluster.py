@@ -27,6 +27,7 @@ to the bare loop's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -36,8 +37,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import yaml
 
@@ -120,17 +123,58 @@ def bare_part(campaign_file: str, part: int, parts: int, threads: int, out: str,
     np.savez(out, seconds=time.perf_counter() - start, **draws)
 
 
-def bare(campaign_file: Path, processes: int, threads: int, folder: Path) -> tuple[float, np.ndarray]:
-    """Wall seconds of ``processes`` fresh bare-loop processes run together, and the draws ``(M, chains, draws, C, H, W)``."""
-    outs = [folder / f"bare-{uuid.uuid4().hex[:6]}-{k}.npz" for k in range(processes)]
+def watch(running: list[subprocess.Popen], cluster: Any = None, poll: float = 0.2) -> tuple[float, float]:
+    """(wall s, CPU s) until every process of ``running`` exits.
+
+    CPU = user + system seconds of those processes, of their descendants and, with ``cluster``
+    (a :class:`~uqcampaign.cluster.nodes.RayStartCluster`), of the cluster's processes over that time,
+    sampled every ``poll`` s per process (each process's own time, never its children's, so nothing
+    is counted twice; a process's last ``poll`` s may be missed). On a shared machine CPU seconds
+    barely move with the other users' load, unlike wall seconds.
+    """
     start = time.perf_counter()
+    roots = [psutil.Process(process.pid) for process in running]
+
+    def own(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    def sample() -> dict[tuple[int, float], float]:
+        found: list[psutil.Process] = []
+        for root in roots:
+            with contextlib.suppress(psutil.Error):
+                found += [root, *root.children(recursive=True)]
+        if cluster is not None:
+            found += cluster.processes()
+        values = {}
+        for process in found:
+            with contextlib.suppress(psutil.Error):
+                values[process.pid, process.create_time()] = own(process)
+        return values
+
+    base = sample() if cluster is not None else {}
+    used: dict[tuple[int, float], float] = {}
+    while any(process.poll() is None for process in running):
+        for key, value in sample().items():
+            used[key] = max(used.get(key, 0.0), value)
+        time.sleep(poll)
+    wall = time.perf_counter() - start
+    if cluster is not None:
+        for key, value in sample().items():
+            used[key] = max(used.get(key, 0.0), value)
+    return wall, sum(value - base.get(key, 0.0) for key, value in used.items())
+
+
+def bare(campaign_file: Path, processes: int, threads: int, folder: Path) -> tuple[tuple[float, float], np.ndarray]:
+    """(wall s, CPU s) of ``processes`` fresh bare-loop processes run together, and the draws ``(M, chains, draws, C, H, W)``."""
+    outs = [folder / f"bare-{uuid.uuid4().hex[:6]}-{k}.npz" for k in range(processes)]
     running = [
         subprocess.Popen([sys.executable, str(HERE), "--bare", str(campaign_file), str(k), str(processes), str(threads), str(out)])
         for k, out in enumerate(outs)
     ]
-    if any(process.wait() != 0 for process in running):
+    seconds = watch(running)
+    if any(process.returncode != 0 for process in running):
         raise RuntimeError(f"a bare loop process failed ({campaign_file})")
-    seconds = time.perf_counter() - start
     spec = yaml.safe_load(campaign_file.read_text())
     parts = [np.load(out) for out in outs]
     first = next(v for p in parts for k, v in p.items() if k != "seconds")
@@ -148,16 +192,17 @@ def bare(campaign_file: Path, processes: int, threads: int, folder: Path) -> tup
 # ----------------------------------------------------------------------------- uqc run
 
 
-def uqc(campaign_file: Path, args: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of ``uqc run CAMPAIGN ARGS`` in a fresh process (its store removed first)."""
+def uqc(campaign_file: Path, args: list[str], env: dict[str, str], cluster: Any = None) -> tuple[float, float]:
+    """(wall s, CPU s, see :func:`watch`) of ``uqc run CAMPAIGN ARGS`` in a fresh process (its store removed first)."""
     spec = yaml.safe_load(campaign_file.read_text())
     subprocess.run(["rm", "-rf", str(campaign_file.parent / spec["store"])], check=True)
     command = [str(Path(sys.executable).with_name("uqc")), "run", str(campaign_file), "--no-progress", *args]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        seconds = watch([process], cluster)
+        if process.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {err.read().strip()[-2000:]}")
     return seconds
 
 
@@ -208,82 +253,111 @@ def section(quick: bool = False) -> str:
             "gcs": f"`uqc run --address HOST:PORT` (joined `ray start` cluster, {workers} workers × 1 CPU)",
             "client": f"`uqc run --address ray://HOST:PORT` (Ray Client, {workers} workers × 1 CPU)",
         }
-        walls: dict[tuple[str, int], list[float]] = {}
+        runs: dict[str, list[dict[int, tuple[float, float]]]] = {name: [] for name in rows}  # per repeat: draws -> (wall, CPU)
         same = True
-        reference = None
+        reference: np.ndarray | None = None
 
-        def record(name: str, draws: int, seconds: float, got: np.ndarray) -> None:
+        def record(name: str, draws: int, measured: tuple[float, float], got: np.ndarray) -> None:
             nonlocal same, reference
-            walls.setdefault((name, draws), []).append(seconds)
+            runs[name][-1][draws] = measured
             if draws == draws_l:
                 reference = got if reference is None else reference
                 same = same and got.tobytes() == reference.tobytes()
-            print(f"[cluster] {name} draws={draws}: {seconds:.1f} s (load {load()})", file=sys.stderr, flush=True)
+            print(f"[cluster] {name} draws={draws}: {measured[0]:.1f} s wall, {measured[1]:.1f} s CPU (load {load()})", file=sys.stderr, flush=True)
+
+        def both(name: str, run: Any) -> None:
+            """Sizes S and L of one configuration back to back (their order alternates), as a new run of ``name``."""
+            runs[name].append({})
+            for draws in ([size.draws_s, draws_l] if len(runs[name]) % 2 else [draws_l, size.draws_s]):
+                record(name, draws, *run(files[draws]))
+
+        def uqc_run(*args: str, extra: dict[str, str] | None = None, cluster: Any = None) -> Any:
+            return lambda file: (uqc(file, list(args), {**env, **(extra or {})}, cluster), samples(file))
 
         for repeat in range(repeats):
-            order = [size.draws_s, draws_l] if repeat % 2 == 0 else [draws_l, size.draws_s]
-            for draws in order:
-                file = files[draws]
-                seconds, got = bare(file, 1, 1, folder)
-                record("bare", draws, seconds, got)
-                seconds, got = bare(file, workers, 1, folder)
-                record("bare_w", draws, seconds, got)
-                record("inproc", draws, uqc(file, ["--in-process"], {**env, "OMP_NUM_THREADS": "1"}), samples(file))
-                record("local", draws, uqc(file, ["--address", "local", "--workers", str(workers)], env), samples(file))
+            both("bare_w", lambda file: bare(file, workers, 1, folder))
+            both("bare", lambda file: bare(file, 1, 1, folder))
+            both("inproc", uqc_run("--in-process", extra={"OMP_NUM_THREADS": "1"}))
+            both("local", uqc_run("--address", "local", "--workers", str(workers)))
             cluster = RayStartCluster(folder / f"rc{repeat}", token=token, cpus=workers, gpus=0, n_workers=0)
             try:
                 cluster.start()
-                for draws in order:
-                    file = files[draws]
-                    record("gcs", draws, uqc(file, ["--address", cluster.gcs, "--workers", str(workers)], env), samples(file))
-                    record("client", draws, uqc(file, ["--address", cluster.client, "--workers", str(workers)], env), samples(file))
+                both("gcs", uqc_run("--address", cluster.gcs, "--workers", str(workers), cluster=cluster))
+                both("client", uqc_run("--address", cluster.client, "--workers", str(workers), cluster=cluster))
             finally:
                 cluster.stop()
+            both("bare_w", lambda file: bare(file, workers, 1, folder))  # again: the rows above sit between two
     load_after = load()
 
-    chain_draws = {n: size.measurements * size.chains * n for n in (size.draws_s, draws_l)}
-    median = {key: float(np.median(values)) for key, values in walls.items()}
-    spread = {key: (max(values) - min(values)) / float(np.median(values)) for key, values in walls.items()}
-    per_draw = {name: (median[name, draws_l] - median[name, size.draws_s]) / (chain_draws[draws_l] - chain_draws[size.draws_s]) for name in rows}
-    fixed = {name: median[name, size.draws_s] - per_draw[name] * chain_draws[size.draws_s] for name in rows}
-    best = min(("bare", "bare_w"), key=lambda name: per_draw[name])
+    span = {n: size.measurements * size.chains * n for n in (size.draws_s, draws_l)}
+    delta = span[draws_l] - span[size.draws_s]
+
+    def fit(run: dict[int, tuple[float, float]], k: int) -> tuple[float, float]:
+        """(per chain-draw s, fixed s) of one run of S and L, wall (k = 0) or CPU (k = 1)."""
+        per_draw = (run[draws_l][k] - run[size.draws_s][k]) / delta
+        return per_draw, run[size.draws_s][k] - per_draw * span[size.draws_s]
+
+    def median(name: str, k: int, part: int) -> float:
+        return float(np.median([fit(run, k)[part] for run in runs[name]]))
+
+    def ratios(name: str, k: int) -> list[float]:
+        """Per-draw ratio to the best bare loop, repeat by repeat (the bare runs of the same repeat)."""
+        per_repeat = max(1, len(runs[name]) // repeats)
+        base = [float(np.median([fit(run, k)[0] for run in runs["bare_w"][2 * r : 2 * r + 2]])) for r in range(repeats)]
+        return [fit(runs[name][r * per_repeat], k)[0] / base[r] for r in range(repeats)]
+
+    best = "bare_w"
     match = {"bare": "bare", "bare_w": "bare_w", "inproc": "bare", "local": "bare_w", "gcs": "bare_w", "client": "bare_w"}
     lines = []
     for name, label in rows.items():
         mark = " (**best bare loop**)" if name == best else ""
-        lines.append(
-            f"| {label}{mark} | {median[name, size.draws_s]:.1f} | {median[name, draws_l]:.1f} | {1e3 * per_draw[name]:.3f} | "
-            f"**{per_draw[name] / per_draw[best]:.3f}** | {per_draw[name] / per_draw[match[name]]:.3f} | {fixed[name]:.1f} | "
-            f"{median[name, draws_l] / median[best, draws_l]:.3f} |"
-        )
-    noise = max(spread.values()) if repeats > 1 else float("nan")
-    worst = max(("local", "gcs", "client"), key=lambda name: per_draw[name] / per_draw[best])
-    goal = per_draw[worst] / per_draw[best] <= 1.05
+        cells = []
+        for k in (1, 0):  # CPU, then wall
+            per_draw = median(name, k, 0)
+            spread = ratios(name, k)
+            cells += [
+                f"{1e3 * per_draw:.3f}",
+                f"**{per_draw / median(best, k, 0):.3f}**" + (f" ({min(spread):.2f}-{max(spread):.2f})" if repeats > 1 else ""),
+                f"{per_draw / median(match[name], k, 0):.3f}",
+                f"{median(name, k, 1):.1f}",
+            ]
+        lines.append(f"| {label}{mark} | " + " | ".join(cells) + " |")
+    ray_rows = ("local", "gcs", "client")
+    worst_cpu = max(ray_rows, key=lambda name: median(name, 1, 0))
+    worst_wall = max(ray_rows, key=lambda name: median(name, 0, 0))
+    cpu_ratio = median(worst_cpu, 1, 0) / median(best, 1, 0)
+    wall_ratio = median(worst_wall, 0, 0) / median(best, 0, 0)
+    walls = [run[d][0] for name in rows for run in runs[name] for d in run]
     note = " (`--quick`: tiny sizes, figures not meaningful)" if quick else ""
     steps_l = size.burn_in + draws_l * size.thin
-    result = {name: {"per_draw_ms": 1e3 * per_draw[name], "fixed_s": fixed[name]} for name in rows}
-    print(json.dumps(result), file=sys.stderr)
+    print(json.dumps({name: [{str(d): v for d, v in run.items()} for run in values] for name, values in runs.items()}), file=sys.stderr)
     return f"""## Cluster: `uqc run` against the best bare loop on the same cores{note}
 
 `python benchmarks/run.py --only cluster` (`benchmarks/bench_cluster.py`). Campaign: PnP-ULA, 1×{size.side}×{size.side}
 Gaussian-mixture prior (K = 4), inpainting, {size.measurements} measurements × {size.chains} chains in {size.units} units of
 {size.block} chains; burn-in {size.burn_in}, thin {size.thin}; size S = {size.draws_s} draws per chain, size L = {draws_l}
-({steps_l} ULA steps per chain); chunks of {size.block} chains × {size.chunk_draws} draws. {cores} cores. Every row is fresh
-processes, wall time from start to exit; medians of {repeats} interleaved runs. Draws of every size-L run bit-identical to the
-bare loop's: **{"yes" if same else "NO"}**. Load average (1/5/15 min) before: {load_before}; after: {load_after}.
+({steps_l} ULA steps per chain); chunks of {size.block} chains × {size.chunk_draws} draws. {cores} cores; every worker and
+bare process has 1 torch thread. Every row is fresh processes, timed from start to exit; {repeats} repeats, each running S and
+L of a row back to back, the best bare loop before and after the others. Draws of every size-L run bit-identical to the bare
+loop's: **{"yes" if same else "NO"}**. Load average (1/5/15 min) before: {load_before}; after: {load_after} (other users' work
+on this shared machine).
 
-| run | wall S (s) | wall L (s) | per chain-draw (ms) | **÷ best bare loop, per draw** | ÷ bare loop of the same processes × threads | fixed cost per command (s) | wall L ÷ best bare |
-|---|---:|---:|---:|---:|---:|---:|---:|
+A line through S and L splits each run: per chain-draw = (L − S) / {delta:,} chain-draws, fixed cost per command = S − per
+chain-draw × {span[size.draws_s]:,} (interpreter, imports, simulating y, the store, Ray start or join, actor start and prior
+load, shut-down). **CPU** = user + system seconds of every process of the run (with a joined cluster: its daemons and workers
+too), sampled every 0.2 s; it hardly moves with the machine's load. **Wall** = what a user waits; on this machine it moves
+with the other users' load. Medians over the repeats; in brackets the range of the repeat-by-repeat ratio (noise).
+
+| run | CPU ms per chain-draw | **CPU ÷ best bare loop** | CPU ÷ same-shape bare | CPU fixed s | wall ms per chain-draw | **wall ÷ best bare loop** | wall ÷ same-shape bare | wall fixed s |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(lines)}
 
-- per chain-draw = (wall L − wall S) / ({chain_draws[draws_l]:,} − {chain_draws[size.draws_s]:,} chain-draws); fixed cost
-  = wall S − per chain-draw × {chain_draws[size.draws_s]:,}: interpreter, imports, simulating y, the store, Ray start or join,
-  actor start and prior load, shut-down.
-- **Per-draw overhead** of `uqc run` on Ray, worst row ({rows[worst]}): **{per_draw[worst] / per_draw[best]:.3f} × the best bare
-  loop** (goal ≤ 1.05: {"met" if goal else "**not met**"}). In-process, on one core: {per_draw["inproc"] / per_draw["bare"]:.3f} × the
-  1-process loop (the store's writes and the progress bar), {per_draw["inproc"] / per_draw[best]:.3f} × the best bare loop.
-- Noise: the largest spread (max − min) / median of one cell over the {repeats} runs is {100 * noise:.0f} % (the machine is
-  shared; the load average above is the other users' work); differences smaller than that are not resolved.
+- **Per-draw overhead of `uqc run` on Ray** (goal ≤ 1.05 × the best bare loop): in CPU, worst row {rows[worst_cpu]}:
+  **{cpu_ratio:.3f}** ({"met" if cpu_ratio <= 1.05 else "**not met**"}); in wall time, worst row {rows[worst_wall]}:
+  **{wall_ratio:.3f}** ({"met" if wall_ratio <= 1.05 else "**not met**"}), to be read with the noise in brackets.
+- In-process (one process, one core): {median("inproc", 1, 0) / median("bare", 1, 0):.3f} × the 1-process loop in CPU per draw
+  (the store's writes, the progress bar).
+- Wall times of single commands ranged {min(walls):.1f}-{max(walls):.1f} s.
 """
 
 
