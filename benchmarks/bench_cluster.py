@@ -3,10 +3,11 @@
 One PnP-ULA campaign (1×32×32 Gaussian-mixture prior, inpainting; units of 16 chains) is run, in
 one invocation, by
 
-- the **bare loop**: the sampler's ``run`` over the units, draws copied to memory, no store, no
-  Ray, in fresh processes with 1 torch thread each: 1 process, and ``W`` processes each taking
-  every ``W``-th unit (``W`` = cores): the same sampler, batch and threads as the Ray workers.
-  The better of the two is the denominator (the ``W`` processes: it uses every core);
+- the **bare loop**: the sampler's ``run`` over the units, each draw only hashed (no store, no
+  Ray, no draw kept: keeping them all in memory cost the loop page faults that grew with the
+  draws), in fresh processes with 1 torch thread and ``OMP_NUM_THREADS=1`` each (as Ray's workers):
+  1 process, and ``W`` processes each taking every ``W``-th unit (``W`` = cores): the same
+  sampler, batch and threads as the Ray workers. The ``W`` processes are the denominator;
 - ``uqc run --in-process`` (1 process; ``OMP_NUM_THREADS=1``, i.e. 1 torch thread: on this shared
   2-core machine torch's default of 2 threads made a 1-process loop several times slower, so the
   1-thread bare loop is its match), ``uqc run`` on a new local Ray (``W`` workers × 1 CPU), on a
@@ -22,12 +23,13 @@ S − per chain-draw × chain-draws S. Goal: per chain-draw ÷ best bare loop �
 rows; the in-process row runs on one core and is compared with the 1-process loop too). Runs are
 repeated (``REPEATS``) in an interleaved order; the medians are used, and the spread (max − min) /
 median of each cell is the noise reported. The draws of every ``L`` run are checked bit-identical
-to the bare loop's.
+to the bare loop's (a BLAKE2b digest per unit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -100,8 +102,22 @@ def write_campaign(folder: Path, size: Size, draws: int, store: str) -> Path:
 # ----------------------------------------------------------------------------- the bare loop
 
 
+def unit_digest(blocks: Any) -> str:
+    """BLAKE2b of a unit's draws fed draw by draw (each ``(chains, C, H, W)`` float32, C order): the bit-identity check
+    of a bare loop that keeps no draw."""
+    digest = hashlib.blake2b(digest_size=16)
+    for block in blocks:
+        digest.update(np.ascontiguousarray(block, dtype=np.float32))
+    return digest.hexdigest()
+
+
 def bare_part(campaign_file: str, part: int, parts: int, threads: int, out: str, max_units: int | None = None) -> None:
-    """Run units ``part::parts`` of the campaign in this process with ``threads`` torch threads; save their draws."""
+    """Run units ``part::parts`` of the campaign in this process with ``threads`` torch threads.
+
+    Each draw is only hashed (:func:`unit_digest`), not kept: the loop is the sampler and nothing
+    else, the floor any script doing this campaign has to pay. Saves ``{unit: digest}`` and the
+    loop's seconds to ``out`` (JSON).
+    """
     torch.set_num_threads(threads)
     from uqcampaign.kernels.rng import unit_generator
     from uqcampaign.pipeline.config import load_campaign
@@ -111,16 +127,14 @@ def bare_part(campaign_file: str, part: int, parts: int, threads: int, out: str,
     campaign = load_campaign(campaign_file)
     prior, operator, sampler = load_components(campaign)
     y, _ = load_or_simulate(campaign, prior, operator)
-    draws = {}
+    digests = {}
     start = time.perf_counter()
     for unit in plan_units(campaign, y.shape[0])[part::parts][:max_units]:
         chains = campaign.block_chains(unit.block)
         generator = unit_generator(campaign.seed, unit.measurement, unit.block)
-        block = np.empty((chains.stop - chains.start, campaign.draws, *prior.img_shape), dtype=np.float32)
-        for draw in sampler.run(torch.as_tensor(y[unit.measurement]), operator, prior, campaign.noise.sigma, block.shape[0], campaign.draws, generator):
-            block[:, draw.index] = draw.x.numpy()
-        draws[f"{unit.measurement}_{unit.block}"] = block
-    np.savez(out, seconds=time.perf_counter() - start, **draws)
+        draws = sampler.run(torch.as_tensor(y[unit.measurement]), operator, prior, campaign.noise.sigma, chains.stop - chains.start, campaign.draws, generator)
+        digests[f"{unit.measurement}_{unit.block}"] = unit_digest(draw.x.numpy() for draw in draws)
+    Path(out).write_text(json.dumps({"seconds": time.perf_counter() - start, "digests": digests}))
 
 
 def watch(running: list[subprocess.Popen], cluster: Any = None, poll: float = 0.2) -> tuple[float, float]:
@@ -165,28 +179,24 @@ def watch(running: list[subprocess.Popen], cluster: Any = None, poll: float = 0.
     return wall, sum(value - base.get(key, 0.0) for key, value in used.items())
 
 
-def bare(campaign_file: Path, processes: int, threads: int, folder: Path) -> tuple[tuple[float, float], np.ndarray]:
-    """(wall s, CPU s) of ``processes`` fresh bare-loop processes run together, and the draws ``(M, chains, draws, C, H, W)``."""
-    outs = [folder / f"bare-{uuid.uuid4().hex[:6]}-{k}.npz" for k in range(processes)]
+def bare(campaign_file: Path, processes: int, threads: int, folder: Path) -> tuple[tuple[float, float], dict[str, str]]:
+    """(wall s, CPU s) of ``processes`` fresh bare-loop processes run together, and the digest of every unit.
+
+    Each process gets ``OMP_NUM_THREADS=threads``, as Ray gives its workers ``OMP_NUM_THREADS=1``.
+    """
+    outs = [folder / f"bare-{uuid.uuid4().hex[:6]}-{k}.json" for k in range(processes)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     running = [
-        subprocess.Popen([sys.executable, str(HERE), "--bare", str(campaign_file), str(k), str(processes), str(threads), str(out)])
+        subprocess.Popen([sys.executable, str(HERE), "--bare", str(campaign_file), str(k), str(processes), str(threads), str(out)], env=env)
         for k, out in enumerate(outs)
     ]
     seconds = watch(running)
     if any(process.returncode != 0 for process in running):
         raise RuntimeError(f"a bare loop process failed ({campaign_file})")
-    spec = yaml.safe_load(campaign_file.read_text())
-    parts = [np.load(out) for out in outs]
-    first = next(v for p in parts for k, v in p.items() if k != "seconds")
-    draws = np.full((spec["data"]["simulate"]["count"], spec["chains"], *first.shape[1:]), np.nan, dtype=np.float32)
-    for p in parts:
-        for key, block in p.items():
-            if key != "seconds":
-                m, b = map(int, key.split("_"))
-                draws[m, b * spec["chunks"]["chains"] : b * spec["chunks"]["chains"] + block.shape[0]] = block
+    digests = {key: value for out in outs for key, value in json.loads(out.read_text())["digests"].items()}
     for out in outs:
         out.unlink()
-    return seconds, draws
+    return seconds, digests
 
 
 # ----------------------------------------------------------------------------- uqc run
@@ -206,11 +216,20 @@ def uqc(campaign_file: Path, args: list[str], env: dict[str, str], cluster: Any 
     return seconds
 
 
-def samples(campaign_file: Path) -> np.ndarray:
+def samples(campaign_file: Path) -> dict[str, str]:
+    """:func:`unit_digest` of every unit of the campaign's store (``samples``, read after the run, not timed)."""
     import zarr
 
-    spec = yaml.safe_load(campaign_file.read_text())
-    return zarr.open_group(str(campaign_file.parent / spec["store"]), mode="r")["samples"][...]
+    from uqcampaign.pipeline.config import load_campaign
+    from uqcampaign.pipeline.units import plan_units
+
+    campaign = load_campaign(campaign_file)
+    stored = zarr.open_group(campaign.store_location, mode="r")["samples"]
+    digests = {}
+    for unit in plan_units(campaign, stored.shape[0]):
+        block = stored[unit.measurement, campaign.block_chains(unit.block)]  # (chains, draws, C, H, W)
+        digests[f"{unit.measurement}_{unit.block}"] = unit_digest(block[:, d] for d in range(block.shape[1]))
+    return digests
 
 
 def load() -> str:
@@ -237,8 +256,8 @@ def section(quick: bool = False) -> str:
         # Size L: the per-step cost of one unit on one thread, measured on a probe (its second run: the first pays warm-up).
         probe = write_campaign(folder, size, size.draws_s, "probe.zarr")
         for _ in range(2):
-            subprocess.run([sys.executable, str(HERE), "--bare", str(probe), "0", "1", "1", str(folder / "probe.npz"), "1"], check=True)
-        per_step = float(np.load(folder / "probe.npz")["seconds"]) / (size.burn_in + size.draws_s * size.thin)
+            subprocess.run([sys.executable, str(HERE), "--bare", str(probe), "0", "1", "1", str(folder / "probe.json"), "1"], check=True)
+        per_step = json.loads((folder / "probe.json").read_text())["seconds"] / (size.burn_in + size.draws_s * size.thin)
         steps = size.target_l_s * workers / (size.units * per_step)
         draws_l = max(size.draws_s * 2, int((steps - size.burn_in) / size.thin) // size.chunk_draws * size.chunk_draws)
         if quick:
@@ -255,14 +274,14 @@ def section(quick: bool = False) -> str:
         }
         runs: dict[str, list[dict[int, tuple[float, float]]]] = {name: [] for name in rows}  # per repeat: draws -> (wall, CPU)
         same = True
-        reference: np.ndarray | None = None
+        reference: dict[str, str] | None = None
 
-        def record(name: str, draws: int, measured: tuple[float, float], got: np.ndarray) -> None:
+        def record(name: str, draws: int, measured: tuple[float, float], got: dict[str, str]) -> None:
             nonlocal same, reference
             runs[name][-1][draws] = measured
             if draws == draws_l:
                 reference = got if reference is None else reference
-                same = same and got.tobytes() == reference.tobytes()
+                same = same and got == reference and len(got) == size.units
             print(f"[cluster] {name} draws={draws}: {measured[0]:.1f} s wall, {measured[1]:.1f} s CPU (load {load()})", file=sys.stderr, flush=True)
 
         def both(name: str, run: Any) -> None:
