@@ -57,9 +57,10 @@ def write_store(path: Path, cfg: dict, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     op = {"kind": "denoise"}
+    campaign = {"name": "bench", "chains": chains, "draws": draws, "noise": {"sigma": 0.1}, "reduce": {"level": 0.9}, "operator": op}
     g.attrs.update({
-        "uqcampaign_version": "bench", "config_hash": "bench", "operator": op, "img_shape": [c, h, w], "initialized": True,
-        "campaign": {"name": "bench", "chains": chains, "draws": draws, "noise": {"sigma": 0.1}, "reduce": {"level": 0.9}, "operator": op},
+        "uqcampaign_version": "bench", "layout": 2, "config_hash": "bench", "operator": json.dumps(op), "img_shape": [c, h, w],
+        "initialized": 1, "campaign": json.dumps(campaign), "sizes": json.dumps({"measurement": m, "chain": chains, "draw": draws}),
     })
     samples = g.create_array("samples", shape=(m, chains, draws, c, h, w), chunks=(1, cc, cd, c, h, w), dtype="float32",
                              fill_value=np.nan, dimension_names=["measurement", "chain", "draw", "channel", "y", "x"])
@@ -74,7 +75,7 @@ def write_store(path: Path, cfg: dict, seed: int = 0) -> int:
                     block[:, t] = state
                 samples[i, j : j + cc, k : k + cd] = truth[i] + 0.1 * block
     g.create_array("draws_done", data=np.full((m, chains), draws, dtype=np.int32), chunks=(1, cc), dimension_names=["measurement", "chain"])
-    g.create_array("y", data=truth, chunks=(1, c, h, w), dimension_names=["measurement", "obs_channel", "obs_y", "obs_x"])
+    g.create_array("y_obs", data=truth, chunks=(1, c, h, w), dimension_names=["measurement", "obs_channel", "obs_y", "obs_x"])
     g.create_array("x_true", data=truth, chunks=(1, c, h, w), dimension_names=["measurement", "channel", "y", "x"])
     return m * chains * draws * c * h * w * 4
 

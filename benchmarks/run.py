@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,reduce,cluster,joins,learned]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,joins,learned,latino_pro,smc]``
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 SECTIONS = {
     "samplers": "bench_samplers.py",
+    "sampler_choice": "bench_sampler_choice.py",
     "reduce": "bench_reduce.py",
     "cluster": "bench_cluster.py",
     "joins": "bench_joins.py",
     "learned": "bench_learned.py",
+    "latino_pro": "bench_latino_pro.py",
+    "smc": "bench_smc.py",
 }
 
 

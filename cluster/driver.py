@@ -7,7 +7,8 @@ Steps of :func:`run_campaign_ray`:
    seconds), see :mod:`.connect`;
 2. size the pool from the alive nodes (``workers × gpus_per_worker`` must fit), see
    :mod:`.resources`; a local store path with nodes on other hosts is warned about;
-3. create or reopen the store (the same steps as the in-process runner); the units that
+3. take the store's lease (a second ``uqc run`` is refused, naming this one), create, reopen
+   or grow the store (the same steps as the in-process runner); the units that
    ``draws_done`` marks complete are skipped, so ``--resume`` after a killed driver finishes
    only the rest;
 4. reserve one placement-group bundle ``{CPU: k, GPU: gpus_per_worker}`` per worker with
@@ -25,6 +26,7 @@ Steps of :func:`run_campaign_ray`:
 from __future__ import annotations
 
 import functools
+import json
 import time
 import uuid
 from typing import Any
@@ -39,35 +41,44 @@ from uqcampaign.cluster.scheduler import UnitScheduler
 from uqcampaign.cluster.worker import HostedWorker
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.address import parse_address
+from uqcampaign.pipeline.campaign_store import create_or_open
 from uqcampaign.pipeline.config import Campaign
-from uqcampaign.pipeline.preflight import Budget, check_stored_campaign
-from uqcampaign.pipeline.runner import RunResult, draw_progress, prepare_store, units_done
-from uqcampaign.pipeline.store import consolidate, create_or_open, draws_done, existing_store_info
-from uqcampaign.pipeline.units import Unit, pending_units
+from uqcampaign.pipeline.lease import Lease, hold_lease
+from uqcampaign.pipeline.location import Location
+from uqcampaign.pipeline.preflight import Budget, check_campaign, check_stored_campaign
+from uqcampaign.pipeline.runner import RunResult, check_sampler, draw_progress, measurement_layout, units_done
+from uqcampaign.pipeline.store import consolidate, draws_done, existing_store_info, json_attr
+from uqcampaign.pipeline.units import Unit, load_components, pending_units
 
 __all__ = ["run_campaign_ray", "open_campaign_store"]
 
 PLACEMENT_TIMEOUT_S = 60.0
 
 
-def open_campaign_store(campaign: Campaign, *, force: bool = False, budget: Budget | None = None) -> tuple[zarr.Group, list[str]]:
-    """Create or reopen the campaign's store with the in-process runner's steps.
+def open_campaign_store(
+    campaign: Campaign, *, force: bool = False, delete_draws: bool = False, say: Any = None, budget: Budget | None = None
+) -> tuple[zarr.Group, list[str]]:
+    """Create, reopen or grow the campaign's store with the in-process runner's steps.
 
-    A store this campaign already started is reopened without loading the prior here: the
-    driver does not sample, and on a cluster the prior may live only on the worker nodes.
-    Either way the pre-flight checks the workers' ``budget`` and the store's disk first.
+    The prior is loaded here (and the sampler checked against it) only when a store is created
+    or gains measurements: the driver does not sample, and on a cluster the prior may live only
+    on the worker nodes. The pre-flight checks the workers' ``budget`` and the store's disk
+    first (from the store's attrs when the campaign continues a store). Call it under the
+    store's lease.
     """
-    attrs = existing_store_info(campaign.store_location)
-    resumable = attrs is not None and attrs.get("config_hash") == campaign.config_hash() and attrs.get("initialized", False)
-    if resumable and not force:
+    attrs = existing_store_info(Location.of(campaign.store_location, campaign.storage_options))
+    if attrs is not None and not force and attrs.get("config_hash") == campaign.config_hash() and attrs.get("initialized", False):
         check_stored_campaign(campaign, attrs, budget)
+    loaded: list[tuple[Any, Any, Any]] = []
 
-        def never() -> Any:  # pragma: no cover - create_or_open reopens, it never lays out
-            raise AssertionError("an existing store needs no layout")
+    def components() -> tuple[Any, Any, Any]:
+        if not loaded:
+            loaded.append(load_components(campaign))
+            check_sampler(campaign, *loaded[0])
+            check_campaign(campaign, *loaded[0], budget)
+        return loaded[0]
 
-        return create_or_open(campaign, force=False, layout=never)
-    group, messages, _ = prepare_store(campaign, force=force, budget=budget)
-    return group, messages
+    return create_or_open(campaign, force=force, delete_draws=delete_draws, layout=measurement_layout(campaign, components), say=say)
 
 
 def _placement_group(shape: WorkerShape) -> Any:
@@ -108,8 +119,8 @@ def _actor_factory(campaign: Campaign, shape: WorkerShape, group: Any, tag: str)
 
 
 def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, scheduler: UnitScheduler, seconds: float) -> None:
-    """Keep the Ray facts of this run in the store's ``ray`` attribute (appended on resume)."""
-    runs = list(dict(group.attrs).get("ray", {}).get("runs", []))
+    """Keep the Ray facts of this run in the store's ``ray`` attribute, JSON (appended on resume)."""
+    runs = list((json_attr(group, "ray") or {}).get("runs", []))
     nodes = {w["label"].split(":")[1]: w["node_id"] for w in scheduler.stats.workers if w.get("node_id")}
     runs.append(
         {
@@ -131,7 +142,7 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
             ],
         }
     )
-    group.attrs["ray"] = {"runs": runs}
+    group.attrs["ray"] = json.dumps({"runs": runs})
 
 
 def _run_units(
@@ -166,6 +177,7 @@ def run_campaign_ray(
     gpus_per_worker: float | None = None,
     resume: bool = False,
     force: bool = False,
+    delete_draws: bool = False,
     progress: bool = True,
     console: Console | None = None,
     connect_timeout: float = 5.0,
@@ -175,8 +187,9 @@ def run_campaign_ray(
 
     ``address``/``workers``/``gpus_per_worker`` override ``campaign.cluster``. ``resume`` only
     changes the messages: a store of the same campaign is always continued (its complete
-    units skipped), as in the in-process runner; ``force`` deletes a store of another campaign.
-    Raises :class:`UQError` for an unreachable cluster, a pool the cluster cannot hold, and a
+    units skipped) or grown, as in the in-process runner; ``force`` (with ``delete_draws`` when
+    it holds draws) replaces a store of another campaign. Raises :class:`UQError` for an
+    unreachable cluster, a pool the cluster cannot hold, a store another run holds, and a
     worker's bad input (e.g. its prior folder missing), after keeping every finished unit.
     """
     console = console or Console(stderr=True)
@@ -184,7 +197,7 @@ def run_campaign_ray(
     if parse_address(address).kind == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
-        return run_campaign(campaign, resume=resume, force=force, progress=progress, console=console)
+        return run_campaign(campaign, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=console)
     workers = campaign.cluster.workers if workers is None else workers
     gpus = campaign.cluster.gpus_per_worker if gpus_per_worker is None else gpus_per_worker
     start = time.perf_counter()
@@ -194,37 +207,58 @@ def run_campaign_ray(
         nodes = alive_node_resources()
         shape = size_workers(nodes, workers, gpus)
         check_store_reachable(campaign.store_location, connection)
-        group, messages = open_campaign_store(campaign, force=force, budget=worker_budget(nodes, shape, connection.local))
-        for message in messages:
-            console.print(message)
-        if resume and not messages:
-            console.print(f"{campaign.store_location}: no earlier run to resume; starting")
-        done = draws_done(group)
-        units = pending_units(campaign, done)
-        total = done.shape[0] * campaign.n_blocks
-        written = 0
-        try:
-            if units:
-                if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
-                    shape = size_workers(nodes, len(units), gpus)
-                remaining = int(np.clip(campaign.draws - done, 0, None).sum())
-                finished = [total - len(units)]
-
-                def label() -> str:
-                    return f"{units_done(campaign.name, finished[0], total)} on {shape.workers} Ray workers"
-
-                with draw_progress(console, progress) as bar:
-                    task = bar.add_task(label(), total=remaining)
-
-                    def advance(result: dict[str, Any]) -> None:
-                        chains = campaign.block_chains(result["block"])
-                        finished[0] += 1
-                        bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
-
-                    results = _run_units(campaign, group, units, shape, connection, advance, say, stall_timeout, start)
-                written = sum(result["draws_written"] for result in results)
-        finally:
-            consolidate(group)  # also after a stop: the attrs of the run stay readable
+        with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
+            group, messages = open_campaign_store(
+                campaign, force=force, delete_draws=delete_draws, say=say, budget=worker_budget(nodes, shape, connection.local)
+            )
+            if resume and not messages:
+                console.print(f"{campaign.store_location}: no earlier run to resume; starting")
+            units, total, written = _run_pending(campaign, group, shape, nodes, gpus, connection, lease, progress, console, say, stall_timeout, start)
     finally:
         disconnect(connection)
     return RunResult(campaign.store_location, len(units), total, written, time.perf_counter() - start, messages)
+
+
+def _run_pending(
+    campaign: Campaign,
+    group: zarr.Group,
+    shape: WorkerShape,
+    nodes: Any,
+    gpus: float,
+    connection: Connection,
+    lease: Lease,
+    progress: bool,
+    console: Console,
+    say: Any,
+    stall_timeout: float,
+    start: float,
+) -> tuple[list[Unit], int, int]:
+    """Run the units ``draws_done`` says are pending; returns (units, units in all, draws written)."""
+    done = draws_done(group)
+    units = pending_units(campaign, done)
+    total = done.shape[0] * campaign.n_blocks
+    written = 0
+    try:
+        if units:
+            if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
+                shape = size_workers(nodes, len(units), gpus)
+            remaining = int(np.clip(campaign.draws - done, 0, None).sum())
+            finished = [total - len(units)]
+
+            def label() -> str:
+                return f"{units_done(campaign.name, finished[0], total)} on {shape.workers} Ray workers"
+
+            with draw_progress(console, progress) as bar:
+                task = bar.add_task(label(), total=remaining)
+
+                def advance(result: dict[str, Any]) -> None:
+                    lease.check()
+                    chains = campaign.block_chains(result["block"])
+                    finished[0] += 1
+                    bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
+
+                results = _run_units(campaign, group, units, shape, connection, advance, say, stall_timeout, start)
+            written = sum(result["draws_written"] for result in results)
+    finally:
+        consolidate(group)  # also after a stop: the attrs of the run stay readable
+    return units, total, written

@@ -101,14 +101,13 @@ class PriorWorker:
             torch.set_num_threads(max(1, int(where["cpus"])))
         self.threads = torch.get_num_threads()
         on_node = f" on node {self.node_id[:_NODE_CHARS]}" if self.node_id else ""
+        campaign = campaign_json if isinstance(campaign_json, Campaign) else Campaign.model_validate_json(campaign_json)
         try:
-            self.store = open_store(store_path, mode="r+")
+            self.store = open_store(store_path, mode="r+", storage_options=campaign.storage_options)
         except UQError as exc:
             raise UQError(f"{exc}{on_node}: a campaign on a cluster needs a store every node sees (shared filesystem or s3://...)") from None
-        if isinstance(campaign_json, Campaign):
-            self.campaign = campaign_json
-        else:
-            self.campaign = Campaign.model_validate_json(campaign_json)
+        self.campaign = campaign
+        if not isinstance(campaign_json, Campaign):
             self.campaign.with_root(root if root is not None else self.store.attrs.get("campaign_root", os.getcwd()))
         self.device = _pick_device(device, self.gpu_ids)
         try:

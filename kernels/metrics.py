@@ -93,8 +93,11 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, window: int = 7, sigma
     Gaussian-weighted local statistics over ``window × window`` patches (valid positions only),
     ``SSIM = (2μxμy + C1)(2σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))`` with
     ``C1 = (0.01 L)²``, ``C2 = (0.03 L)²``, averaged over positions and channels.
-    ``window = 11`` matches ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False)``.
+    Equal to ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=sigma,
+    use_sample_covariance=False, channel_axis=0)`` when ``window = 2·int(3.5·sigma + 0.5) + 1``
+    (scikit-image's window for Gaussian weights): ``window = 11, sigma = 1.5`` (Wang et al.'s
+    setting) or ``window = 7, sigma = 0.8`` for small images (tested); the default pair (7, 1.5) has
+    no scikit-image equivalent.
     """
     x, ref = _images(x, ref)
     require(isinstance(window, int) and window >= 1 and window % 2 == 1, f"ssim window = {window!r} must be an odd integer")

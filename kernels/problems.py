@@ -8,6 +8,7 @@ problem on every machine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ __all__ = [
     "operator_spec",
     "random_prior",
     "random_problem",
+    "exact_problem",
+    "ConditionalProblem",
+    "random_conditional_problem",
     "multimodal_problem",
     "score_samples",
 ]
@@ -78,10 +82,12 @@ def random_prior(
     """A random exact prior and its arrays.
 
     ``gaussian``: mean ~ U(0.3, 0.7) per pixel, full covariance
-    ``s² (0.5 K + 0.5 I)`` with ``K`` a squared-exponential kernel (length 1 pixel) and
-    ``s = 0.12`` (eigenvalues in [0.007, 0.04]). ``gmm``: ``components`` diagonal components, weights ~ Dirichlet(4),
-    means = a common U(0.3, 0.7) image plus N(0, 0.06²) offsets (overlapping
-    components, so posteriors keep several of them), per-pixel stds ~ U(0.08, 0.12).
+    ``s² (0.5 K + 0.5 I)`` with ``K`` a squared-exponential kernel (length 1 pixel, none across
+    channels) and ``s = 0.25``: pixel variance ``s² = 0.0625`` (std 0.25), eigenvalues in
+    ``[s²/2, s²(1 + λ_max(K))/2]`` (on 4×4 images 0.032 to 0.17). ``gmm``: ``components``
+    diagonal components, weights ~ Dirichlet(4), means = a common U(0.3, 0.7) image plus
+    N(0, 0.12²) offsets per component and pixel (overlapping components, so posteriors keep
+    several of them), per-pixel stds ~ U(0.15, 0.25).
     """
     require(prior_kind in PROBLEM_PRIOR_KINDS, f"random problems support prior kinds {PROBLEM_PRIOR_KINDS}, got {prior_kind!r}")
     require(isinstance(components, int) and components >= 1, f"components = {components!r} must be an integer >= 1")
@@ -111,6 +117,23 @@ def _measure(operator: LinearOperator, prior: GaussianMixturePrior, seed: int, s
     return x_true[0].to(dtype), y[0].to(dtype)
 
 
+def exact_problem(
+    spec: dict[str, Any],
+    prior: GaussianMixturePrior,
+    arrays: dict[str, np.ndarray],
+    seed: int,
+    sigma: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+) -> Problem:
+    """The exact problem of an operator ``spec`` and a prior: ``x_true ~ prior`` and
+    ``y = A x_true + σ ε`` from ``seed``, the exact posterior in float64; operator and prior cast to ``dtype``."""
+    require(sigma > 0, f"sigma = {sigma!r} must be > 0")
+    operator = build_operator(spec, prior.img_shape)
+    x_true, y = _measure(operator, prior, seed, sigma, dtype)
+    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
+    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, float(sigma), posterior, spec, arrays)
+
+
 def random_problem(
     operator_kind: str,
     prior_kind: str,
@@ -122,16 +145,116 @@ def random_problem(
 ) -> Problem:
     """A random exact problem: prior from :func:`random_prior`, operator from :func:`operator_spec`,
     ``x_true ~ prior``, ``y = A x_true + σ ε``; operator and prior cast to ``dtype``."""
+    prior, arrays = random_prior(prior_kind, seed, img_shape, components)
+    return exact_problem(operator_spec(operator_kind, seed, img_shape), prior, arrays, seed, sigma, dtype)
+
+
+@dataclass(frozen=True)
+class ConditionalProblem:
+    """An exact problem whose GMM prior has condition-dependent weights ``softmax(W c)`` (LATINO-PRO's test bed).
+
+    ``problem``: the :class:`Problem` at the prior's default condition ``c₀ = problem.prior.condition``
+    (its ``posterior`` is ``p(x | y, c₀)``; ``prior_arrays`` holds ``logit_weights`` and ``condition`` too);
+    ``condition_true (k,)``: the condition the truth was drawn with, ``x_true ~ p(x | c_true)``;
+    ``radius``: the projection set ``C = {c : ||c − c₀|| ≤ radius}`` within which ``c`` is estimated;
+    ``component_log_evidence (K,)``: ``log N(y; A m_j, A Σ_j Aᵀ + σ² I)``, so that
+    ``log p(y | c) = logsumexp(log_softmax(W c) + component_log_evidence)`` (:meth:`log_evidence`).
+    """
+
+    problem: Problem
+    condition_true: torch.Tensor
+    radius: float
+    component_log_evidence: torch.Tensor
+
+    @property
+    def logit_weights(self) -> torch.Tensor:
+        """``W (K, k)``, float64."""
+        return self.problem.prior.logit_weights.to(torch.float64)
+
+    def log_evidence(self, condition: torch.Tensor) -> torch.Tensor:
+        """The exact ``log p(y | c)`` (0-d float64, differentiable in ``condition (k,)``)."""
+        c = torch.as_tensor(condition, dtype=torch.float64)
+        return torch.logsumexp(torch.log_softmax(self.logit_weights @ c, dim=0) + self.component_log_evidence, dim=0)
+
+    def log_evidence_grad(self, condition: torch.Tensor) -> torch.Tensor:
+        """``∇_c log p(y | c) = Wᵀ (ρ(c) − softmax(W c))`` (closed form), ``(k,)`` float64."""
+        c = torch.as_tensor(condition, dtype=torch.float64)
+        log_w = torch.log_softmax(self.logit_weights @ c, dim=0)
+        rho = torch.softmax(log_w + self.component_log_evidence, dim=0)
+        return self.logit_weights.T @ (rho - log_w.exp())
+
+    def maximise(self, box: tuple[float, float] | None = None, starts: int = 6, seed: int = 0) -> tuple[torch.Tensor, float]:
+        """``(c*, log p(y | c*))``: the maximiser of the exact ``log p(y | c)`` over ``C`` by scipy, best of ``starts`` random starts.
+
+        ``C`` is the ball of :attr:`radius` around ``c₀`` (SLSQP with the constraint ``||c − c₀||² <= r²``)
+        or, given ``box = (lo, hi)``, that box (L-BFGS-B with bounds). The closed-form gradient is used.
+        """
+        from scipy.optimize import minimize
+
+        centre = self.problem.prior.condition.to(torch.float64).numpy()
+        k = centre.shape[0]
+        fun = lambda c: -float(self.log_evidence(torch.as_tensor(c)))
+        jac = lambda c: -self.log_evidence_grad(torch.as_tensor(c)).numpy()
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 6]))
+        best = None
+        for _ in range(starts):
+            if box is None:
+                direction = rng.normal(size=k)
+                x0 = centre + direction / np.linalg.norm(direction) * rng.uniform() * self.radius
+                ball = {"type": "ineq", "fun": lambda c: self.radius**2 - (c - centre) @ (c - centre), "jac": lambda c: -2 * (c - centre)}
+                result = minimize(fun, x0, jac=jac, method="SLSQP", constraints=[ball], options={"ftol": 1e-14, "maxiter": 1000})
+            else:
+                x0 = rng.uniform(box[0], box[1], size=k)
+                result = minimize(fun, x0, jac=jac, method="L-BFGS-B", bounds=[tuple(box)] * k, options={"ftol": 1e-15, "gtol": 1e-10})
+            if best is None or result.fun < best.fun:
+                best = result
+        return torch.as_tensor(best.x, dtype=torch.float64), -float(best.fun)
+
+    def at(self, condition: torch.Tensor) -> Problem:
+        """The :class:`Problem` with the prior's condition set to ``condition (k,)`` and the exact ``p(x | y, c)``."""
+        base = self.problem
+        prior = base.prior.with_condition(torch.as_tensor(condition, dtype=torch.float64))
+        posterior = prior.to(dtype=torch.float64).posterior(base.operator.to(dtype=torch.float64), base.y.to(torch.float64), base.sigma)
+        return dataclasses.replace(base, prior=prior, posterior=posterior)
+
+
+def random_conditional_problem(
+    operator_kind: str,
+    seed: int,
+    img_shape: tuple[int, int, int] = (1, 4, 4),
+    components: int = 4,
+    condition_dim: int = 3,
+    sigma: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+) -> ConditionalProblem:
+    """A random conditional-GMM problem (issue 15: 16–64 pixels, ``K`` = 3–5, ``k`` = 2–4).
+
+    Means and variances are :func:`random_prior`'s ``gmm``; ``logit_weights W ~ N(0, 1)`` ``(K, k)``;
+    the default condition ``c₀ = 0`` (equal weights) is the centre of ``C``, a ball of radius 2
+    (logits ``W c`` of a few units: weights between near-uniform and near-one-hot); the truth is
+    drawn at ``c_true``, uniform in that ball, ``x_true ~ p(x | c_true)``, ``y = A x_true + σ ε``.
+    """
     require(sigma > 0, f"sigma = {sigma!r} must be > 0")
+    require(isinstance(condition_dim, int) and condition_dim >= 1, f"condition_dim = {condition_dim!r} must be an integer >= 1")
     spec = operator_spec(operator_kind, seed, img_shape)
     operator = build_operator(spec, img_shape)
-    prior, arrays = random_prior(prior_kind, seed, img_shape, components)
-    x_true, y = _measure(operator, prior, seed, sigma, dtype)
+    _, arrays = random_prior("gmm", seed, img_shape, components)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+    radius = 2.0
+    logit_weights = rng.normal(0.0, 1.0, size=(components, condition_dim))
+    direction = rng.normal(size=condition_dim)
+    condition_true = radius * rng.uniform() ** (1.0 / condition_dim) * direction / np.linalg.norm(direction)
+    arrays = {"means": arrays["means"], "variances": arrays["variances"], "logit_weights": logit_weights,
+              "condition": np.zeros(condition_dim)}
+    prior = GaussianMixturePrior(None, arrays["means"], arrays["variances"], kind="gmm", logit_weights=logit_weights,
+                                 condition=arrays["condition"])
+    x_true, y = _measure(operator, prior.with_condition(condition_true), seed, sigma, dtype)
     posterior = prior.posterior(operator, y.to(torch.float64), sigma)
-    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, float(sigma), posterior, spec, arrays)
+    problem = Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, float(sigma), posterior, spec, arrays)
+    return ConditionalProblem(problem, torch.as_tensor(condition_true, dtype=torch.float64), radius, posterior.component_log_evidence)
 
 
-def multimodal_problem(dtype: torch.dtype = torch.float64) -> Problem:
+def multimodal_problem(dtype: torch.dtype = torch.float64, centre: float = 0.0) -> Problem:
     """A two-mode GMM posterior that traps PnP-ULA chains (the R̂ fixture).
 
     Images ``(1, 4, 4)``, inpainting of half the pixels (``{kind: inpaint, fraction: 0.5,
@@ -139,27 +262,27 @@ def multimodal_problem(dtype: torch.dtype = torch.float64) -> Problem:
     pixel that agree (mean 0.5) on the observed pixels and differ on the 8 missing ones
     (means +0.4 and −0.4), so the posterior has two modes of weight ≈ 0.5 each, 8 std apart
     per missing pixel (a Mahalanobis distance ≈ 23 between the modes; the log-density at the
-    midpoint is ≈ 8 nats per missing pixel, ≈ 64 nats in all, below the modes).
+    midpoint is ≈ 8 nats per missing pixel, ≈ 64 nats in all, below the modes). ``centre``
+    shifts both modes on the missing pixels (means ``centre ± 0.4``; weights stay ≈ 0.5 each).
 
     What ULA does there: its chains start at ``pinv(y)``, which is 0 on the missing pixels,
     exactly between the modes; the first few Langevin steps push each chain to one mode at
     random (about half the chains each way: 7 of 16 in ``tests/kernels/test_ula.py``) and no
     chain ever crosses afterwards (the barrier is far beyond any run). Each chain alone looks converged; pooled
-    chains cover both modes; between-chain variance is huge: R̂ ≫ 1.
+    chains cover both modes; between-chain variance is huge: R̂ ≫ 1. With ``centre = 0.3`` (modes
+    at 0.7 and −0.1), ``pinv(y)`` lies in the lower mode's basin: every chain started there ends in
+    that mode and R̂ sees nothing, while chains started at prior draws populate both.
     """
     img_shape = (1, 4, 4)
     spec = {"kind": "inpaint", "fraction": 0.5, "seed": 0}
     operator = build_operator(spec, img_shape)
     observed = operator.weights.expand(img_shape).numpy() > 0
-    means = np.stack([np.where(observed, 0.5, 0.4), np.where(observed, 0.5, -0.4)])
+    means = np.stack([np.where(observed, 0.5, centre + 0.4), np.where(observed, 0.5, centre - 0.4)])
     variances = np.full((2, *img_shape), 0.1**2)
     weights = np.array([0.5, 0.5])
     prior = GaussianMixturePrior(weights, means, variances, kind="gmm")
-    sigma = 0.05
-    x_true, y = _measure(operator, prior, 0, sigma, dtype)
-    posterior = prior.posterior(operator, y.to(torch.float64), sigma)
     arrays = {"weights": weights, "means": means, "variances": variances}
-    return Problem(operator.to(dtype=dtype), prior.to(dtype=dtype), x_true, y, sigma, posterior, spec, arrays)
+    return exact_problem(spec, prior, arrays, 0, 0.05, dtype)
 
 
 @dataclass(frozen=True)

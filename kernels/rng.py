@@ -33,9 +33,14 @@ def unit_generator(campaign_seed: int, measurement: int, block: int, device: str
     return generator
 
 
-def simulation_generator(campaign_seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator that simulates truth and measurements (stream 1, apart from the units)."""
-    seq = np.random.SeedSequence(np.random.SeedSequence(campaign_seed).entropy, spawn_key=(1,))
+def simulation_generator(campaign_seed: int, measurement: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator that simulates the truth and the measurement of measurement ``measurement``.
+
+    Stream ``(1, measurement)`` of ``SeedSequence(campaign_seed)``, apart from the units' streams
+    ``(0, …)``: each simulated measurement has its own stream, so the first M truths and
+    measurements are the same whatever the number simulated (a campaign can grow).
+    """
+    seq = np.random.SeedSequence(np.random.SeedSequence(campaign_seed).entropy, spawn_key=(1, measurement))
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
     return generator

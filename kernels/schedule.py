@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["linear_alphas_cumprod", "timestep_for_noise_std", "noise_std"]
+__all__ = ["linear_alphas_cumprod", "timestep_for_noise_std", "noise_std", "AdditiveStep", "additive_step"]
 
 
 def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -29,3 +32,19 @@ def timestep_for_noise_std(alphas_cumprod: torch.Tensor, std: float) -> int:
     """The step whose equivalent additive-noise std (see :func:`noise_std`) is nearest ``std``."""
     stds = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
     return int(torch.argmin((stds - std).abs()))
+
+
+class AdditiveStep(NamedTuple):
+    """The VP step standing in for additive noise ``x = x_0 + sqrt(ε) n``: ``t``, its exact ``epsilon``
+    ``= (1 − ᾱ_t)/ᾱ_t`` and ``sqrt_alpha_bar``; ``E[x_0 | x] = prior.denoise(sqrt_alpha_bar · x, t)``."""
+
+    t: int
+    epsilon: float
+    sqrt_alpha_bar: float
+
+
+def additive_step(alphas_cumprod: torch.Tensor, std: float) -> AdditiveStep:
+    """The step whose additive-noise std is nearest ``std`` (:func:`timestep_for_noise_std`), with its exact ε."""
+    t = timestep_for_noise_std(alphas_cumprod, std)
+    a = float(alphas_cumprod[t])
+    return AdditiveStep(t, (1.0 - a) / a, math.sqrt(a))

@@ -1,4 +1,4 @@
-"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, inspect, demo, train-prior.
+"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, export, inspect, demo, train-prior.
 
 Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
 User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -155,7 +156,10 @@ def run(
         "ray://HOST:10001 (Ray Client) or in-process (no Ray); default: the file's cluster.address."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue a store of the same campaign (always safe: draws depend only on the seed)."),
-    force: bool = typer.Option(False, "--force", help="Delete a store written by another campaign (says what it removes first)."),
+    force: bool = typer.Option(False, "--force", help="Replace a store written by another campaign (says what it removes first)."),
+    delete_draws: bool = typer.Option(
+        False, "--delete-draws", help="With --force: confirm that the replaced store's draws are deleted (--force alone refuses when it holds draws)."
+    ),
     in_process: bool = typer.Option(False, "--in-process", help="Run in this process, without Ray."),
     workers: Optional[int] = typer.Option(None, min=1, help="Number of Ray workers (default: the file's cluster.workers)."),
     gpus_per_worker: Optional[float] = typer.Option(None, min=0, help="GPUs per Ray worker (default: the file's cluster.gpus_per_worker)."),
@@ -177,7 +181,7 @@ def run(
     if in_process or where.kind == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
-        result = run_campaign(spec, resume=resume, force=force, progress=progress, console=err_console)
+        result = run_campaign(spec, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=err_console)
     else:
         if where.kind == "local":
             from uqcampaign.cluster.connect import name_local_auth_mode
@@ -192,6 +196,7 @@ def run(
             gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else spec.cluster.gpus_per_worker,
             resume=resume,
             force=force,
+            delete_draws=delete_draws,
             progress=progress,
             console=err_console,
         )
@@ -272,16 +277,20 @@ def reduce(
     console.print(f"summary written to {store}/summary", markup=False)
 
 
+_REDUCE_HELP = "Reduce first when the summary is missing or stale (else that is an error naming `uqc reduce`)."
+
+
 @app.command()
 @handled
 def maps(
     store: str = typer.Argument(..., help="Store path or URL."),
     out: Path = typer.Option(..., "--out", help="Folder for the PNG files."),
+    reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
 ) -> None:
     """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, CI width, |error|, R-hat."""
     from uqcampaign.pipeline.maps import write_maps
 
-    paths = write_maps(store, out)
+    paths = write_maps(store, out, reduce=reduce, say=lambda text: err_console.print(text, markup=False))
     console.print(f"{len(paths)} PNG files in {out}", markup=False)
 
 
@@ -290,42 +299,68 @@ def maps(
 def report(
     store: str = typer.Argument(..., help="Store path or URL."),
     format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs)."),
+    reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
 ) -> None:
     """Print the per-measurement table: coverage, max R-hat, min ESS, chi2."""
     from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_rows
 
     if format not in REPORT_FORMATS:
         raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
+    say = lambda text: err_console.print(text, markup=False)  # noqa: E731
     if format == "table":
-        print_report(store, console)
+        print_report(store, console, reduce=reduce, say=say)
     else:
-        print(format_rows(report_rows(store), format), end="")
+        print(format_rows(report_rows(store, reduce=reduce, say=say), format), end="")
+
+
+@app.command()
+@handled
+def export(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    out: Path = typer.Option(..., "--out", help="netCDF file to write (ArviZ InferenceData)."),
+    measurement: Optional[int] = typer.Option(None, "--measurement", min=0, help="Export this measurement only (default: all)."),
+) -> None:
+    """Write the store as an ArviZ InferenceData netCDF file: posterior, observed_data, constant_data, sample_stats."""
+    from uqcampaign.pipeline.export import export_store
+
+    path = export_store(store, out, measurement, say=lambda text: err_console.print(text, markup=False))
+    console.print(f"InferenceData written to {path} (read it with arviz.from_netcdf)", markup=False)
 
 
 @app.command()
 @handled
 def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None:
-    """Say what a store holds and how far its campaign got."""
+    """Say what a store holds, how far its campaign got, who writes it and whether its summary is up to date."""
     import numpy as np
     from rich.table import Table
 
-    from uqcampaign.pipeline.store import open_store
+    from uqcampaign.pipeline.lease import current_holder
+    from uqcampaign.pipeline.location import Location
+    from uqcampaign.pipeline.store import is_legacy, json_attr, obs_array, open_store, read_unit_stats, store_sizes
+    from uqcampaign.pipeline.summary import summary_status
 
     group = open_store(store)
     attrs = dict(group.attrs)
-    campaign = attrs.get("campaign", {})
+    campaign = json_attr(group, "campaign") or {}
     samples = group["samples"]
     done = np.asarray(group["draws_done"][...])
-    draws = int(campaign.get("draws", samples.shape[2]))
+    sizes = store_sizes(group)
+    draws = sizes.draws
     console.print(f"store:    {store}", markup=False)
     console.print(f"campaign: {campaign.get('name', '?')} (config hash {str(attrs.get('config_hash'))[:12]}, created {attrs.get('created', '?')})", markup=False)
+    if is_legacy(group):
+        console.print("layout:   1 (uqcampaign 0.1): readable by reduce, report, maps, export; `uqc run` does not extend it", markup=False)
     console.print(
         f"samples:  {' x '.join(map(str, samples.shape))} (measurement, chain, draw, channel, y, x), chunks {' x '.join(map(str, samples.chunks))}",
         markup=False,
     )
-    console.print(f"y:        {' x '.join(map(str, group['y'].shape))}; x_true: {'yes' if 'x_true' in group else 'no'}", markup=False)
+    obs = obs_array(group)
+    console.print(f"{obs.basename + ':':9} {' x '.join(map(str, obs.shape))}; x_true: {'yes' if 'x_true' in group else 'no'}", markup=False)
     for key in ("operator", "prior", "sampler"):
-        console.print(f"{key + ':':9} {attrs.get(key)}", markup=False)
+        console.print(f"{key + ':':9} {json.dumps(json_attr(group, key))}", markup=False)
+    growing = json_attr(group, "growing")
+    if growing:
+        console.print(f"growing:  interrupted while growing to {growing}; rerun the campaign to finish", markup=False)
     table = Table(title="draws done")
     for column in ("measurement", "chains complete", "chain-draws done", "of"):
         table.add_column(column, justify="right")
@@ -334,8 +369,6 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
     console.print(table)
     total = draws * done.size
     console.print(f"total:    {int(done.sum())}/{total} chain-draws ({100 * done.sum() / max(total, 1):.1f} %)", markup=False)
-    from uqcampaign.pipeline.store import read_unit_stats
-
     stats = read_unit_stats(group)
     if stats:
         workers = sorted({s.worker for s in stats})
@@ -344,8 +377,16 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
             f"{len(workers)} worker(s), devices {', '.join(sorted({s.device for s in stats}))}",
             markup=False,
         )
-    summary = "summary" in group and len(list(group["summary"].array_keys())) > 0
-    console.print(f"summary:  {'present' if summary else 'absent (run `uqc reduce STORE`)'}", markup=False)
+    holder = current_holder(Location.of(group))
+    console.print(f"writer:   {'held by ' + holder.describe() if holder else 'none (the store is free)'}", markup=False)
+    status = summary_status(group)
+    if status.state == "missing":
+        text = f"absent (run `uqc reduce {store}`)"
+    elif status.state == "fresh":
+        text = f"present, up to date ({status.summarised} chain-draws)"
+    else:
+        text = f"present but stale: {status.describe(store)}"
+    console.print(f"summary:  {text}", markup=False)
 
 
 @app.command()

@@ -47,10 +47,14 @@ __all__ = [
     "load_campaign",
     "campaign_from_dict",
     "is_url",
+    "DRAW_KEYS",
 ]
 
-# Keys that change the draws: the config hash covers these and nothing else.
-HASHED_KEYS = ("seed", "data", "operator", "noise", "prior", "sampler", "chains", "draws", "chunks")
+# Keys that determine every draw of a unit: the config hash covers these (and the data source);
+# a store refuses a campaign that differs in one of them. ``chains``, ``draws`` and the number of
+# measurements may grow (the store is extended); ``name``, ``store``, ``cluster``, ``reduce`` and
+# ``storage_options`` change nothing that is stored.
+DRAW_KEYS = ("seed", "operator", "noise", "prior", "sampler", "chunks")
 
 
 def is_url(location: str | Path) -> bool:
@@ -148,7 +152,12 @@ def _component(value: Any) -> dict[str, Any]:
 
 
 class Campaign(_Model):
-    """A validated campaign (DESIGN §3). ``root`` is the folder paths are relative to."""
+    """A validated campaign (DESIGN §3). ``root`` is the folder paths are relative to.
+
+    ``storage_options``: fsspec options of a store given as a URL, e.g. ``{endpoint_url:
+    http://minio:9000, key: ..., secret: ...}`` for ``s3://``; without it the usual AWS
+    environment variables apply. It is passed to the workers but never written to the store.
+    """
 
     name: str = Field(min_length=1)
     store: str = Field(min_length=1)
@@ -163,6 +172,7 @@ class Campaign(_Model):
     chunks: ChunkSpec
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     reduce: ReduceSpec = Field(default_factory=ReduceSpec)
+    storage_options: dict[str, Any] | None = None
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -227,18 +237,33 @@ class Campaign(_Model):
         step = self.chunks.draws
         return [slice(s, min(s + step, self.draws)) for s in range(0, self.draws, step)]
 
+    @property
+    def data_source(self) -> str:
+        """``"simulate"`` or ``"files"``: where the measurements come from."""
+        return "simulate" if self.data.simulate is not None else "files"
+
+    @property
+    def n_measurements_planned(self) -> int | None:
+        """``data.simulate.count``; None for measurement files (their length is read from the file)."""
+        return None if self.data.simulate is None else self.data.simulate.count
+
     def hashed_config(self) -> dict[str, Any]:
-        """The part of the config that changes the draws (see :data:`HASHED_KEYS`)."""
-        return self.model_dump(mode="json", include=set(HASHED_KEYS))
+        """What determines the draws: :data:`DRAW_KEYS` and the data source (not the sizes)."""
+        return {**self.model_dump(mode="json", include=set(DRAW_KEYS)), "data_source": self.data_source}
 
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON of :meth:`hashed_config` (not name/store/cluster/reduce)."""
+        """sha256 of the canonical JSON of :meth:`hashed_config`: equal for every size of one campaign."""
         text = json.dumps(self.hashed_config(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_json(self) -> str:
-        """The whole validated config as JSON (kept in the store's root attrs)."""
+        """The whole validated config as JSON, ``storage_options`` included (what Ray workers receive)."""
         return self.model_dump_json()
+
+    def stored_json(self) -> str:
+        """The config as the store keeps it (root attr ``campaign``): without ``storage_options``,
+        which may hold credentials."""
+        return self.model_dump_json(exclude={"storage_options"})
 
 
 # -- loading ---------------------------------------------------------------------------------

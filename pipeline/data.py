@@ -1,7 +1,9 @@
 """Measurements of a campaign: read from ``.npy`` files or simulated from the prior.
 
-``data.simulate: {count: M}`` draws ``x_true`` from the prior with the campaign's simulation
-generator and sets ``y = A x_true + σ ε`` (ε standard normal, same generator).
+``data.simulate: {count: M}`` draws each ``x_true[m]`` from the prior and sets
+``y[m] = A x_true[m] + σ ε`` (ε standard normal) with measurement ``m``'s own generator
+(:func:`~uqcampaign.kernels.rng.simulation_generator`): the first M measurements are the same
+whatever ``count`` is, so a campaign grows by simulating only its new measurements.
 ``data.y`` (and optional ``data.truth``) are ``.npy`` files of shape `(M, *obs_shape)` and
 `(M, C, H, W)`, checked for shape and finiteness.
 """
@@ -17,7 +19,7 @@ from uqcampaign.kernels.errors import UQError
 from uqcampaign.kernels.rng import simulation_generator
 from uqcampaign.pipeline.config import Campaign
 
-__all__ = ["load_or_simulate", "simulate", "read_array", "read_shape"]
+__all__ = ["load_or_simulate", "simulate", "read_measurement_files", "read_array", "read_shape"]
 
 
 def read_shape(path: str, what: str) -> tuple[int, ...]:
@@ -47,22 +49,29 @@ def read_array(path: str, what: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def simulate(campaign: Campaign, prior: Any, operator: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(y (M, *obs_shape), x_true (M, C, H, W))`` float32 from the campaign's simulation stream."""
-    generator = simulation_generator(campaign.seed)
+def simulate(campaign: Campaign, prior: Any, operator: Any, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y (stop − first, *obs_shape), x_true (stop − first, C, H, W))`` float32 of measurements ``first..stop-1``.
+
+    Measurement ``m`` draws its truth from the prior and its noise from its own stream
+    ``simulation_generator(seed, m)``: a measurement never depends on how many are simulated.
+    """
+    ys, xs = [], []
     with torch.no_grad():
-        x = prior.sample(count, generator)  # (M, C, H, W), prior dtype
-        x = x.to(torch.float64)
-        noise = torch.randn(count, *operator.obs_shape, generator=generator, dtype=torch.float64)
-        y = operator.A(x) + campaign.noise.sigma * noise
-    return y.float().numpy(), x.float().numpy()
+        for m in range(first, stop):
+            generator = simulation_generator(campaign.seed, m)
+            x = prior.sample(1, generator).to(torch.float64)  # (1, C, H, W)
+            noise = torch.randn(1, *operator.obs_shape, generator=generator, dtype=torch.float64)
+            ys.append((operator.A(x) + campaign.noise.sigma * noise).float().numpy())
+            xs.append(x.float().numpy())
+    img_shape, obs_shape = tuple(operator.img_shape), tuple(operator.obs_shape)
+    y = np.concatenate(ys) if ys else np.empty((0, *obs_shape), np.float32)
+    x = np.concatenate(xs) if xs else np.empty((0, *img_shape), np.float32)
+    return y, x
 
 
-def load_or_simulate(campaign: Campaign, prior: Any, operator: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """The campaign's measurements ``y (M, *obs_shape)`` and truth ``(M, C, H, W)`` or None."""
+def read_measurement_files(campaign: Campaign, operator: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``data.y`` `(M, *obs_shape)` and ``data.truth`` `(M, C, H, W)` or None, checked against the operator."""
     data = campaign.data
-    if data.simulate is not None:
-        return simulate(campaign, prior, operator, data.simulate.count)
     obs_shape, img_shape = tuple(operator.obs_shape), tuple(operator.img_shape)
     y_path = campaign.resolve(data.y)
     y = read_array(y_path, "data.y")
@@ -81,3 +90,11 @@ def load_or_simulate(campaign: Campaign, prior: Any, operator: Any) -> tuple[np.
         if tuple(x_true.shape) != expected:
             raise UQError(f"{x_path}: data.truth has shape {x_true.shape} but {expected} is expected (one image per measurement of {y_path})")
     return y, x_true
+
+
+def load_or_simulate(campaign: Campaign, prior: Any, operator: Any, first: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The campaign's measurements ``first..M-1``: ``y (M − first, *obs_shape)`` and truth ``(M − first, C, H, W)`` or None."""
+    if campaign.data.simulate is not None:
+        return simulate(campaign, prior, operator, first, campaign.data.simulate.count)
+    y, x_true = read_measurement_files(campaign, operator)
+    return y[first:], None if x_true is None else x_true[first:]

@@ -50,7 +50,11 @@ __all__ = [
     "mcse_mean",
     "quantiles",
     "numpy_quantile_sorted",
+    "MIN_DRAWS",
 ]
+
+MIN_DRAWS = 4
+"""Fewest draws per chain a summary is computed from (split R̂ halves each chain); fewer: NaN."""
 
 # ArviZ: `_ess` treats a series whose range is below this as constant.
 _CONSTANT_RANGE = np.finfo(float).resolution

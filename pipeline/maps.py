@@ -32,7 +32,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.diagnostics import MIN_DRAWS
 from uqcampaign.pipeline.report import RHAT_BAD, RHAT_WARN, SummaryView, open_summary
+from uqcampaign.pipeline.store import obs_array
 
 __all__ = [
     "Panel",
@@ -126,11 +128,12 @@ def iter_measurement_maps(view: SummaryView) -> Iterator[MeasurementMaps]:
     img_shape = tuple(int(n) for n in view.summary["mean"].shape[1:])
     operator, hidden = _image_operator(view, img_shape)  # type: ignore[arg-type]
     has_truth = "x_true" in view.root
+    y_obs = obs_array(view.root)
     for m in range(view.n_measurements):
         mean, std, lower, upper, rhat = (np.asarray(view.summary[k][m], dtype=np.float64) for k in ("mean", "std", "ci_lower", "ci_upper", "rhat"))
         truth = np.asarray(view.root["x_true"][m], dtype=np.float64) if has_truth else None
         with torch.no_grad():
-            y_image = operator.pinv(torch.as_tensor(np.asarray(view.root["y"][m : m + 1]), dtype=torch.float64))[0].numpy()
+            y_image = operator.pinv(torch.as_tensor(np.asarray(y_obs[m : m + 1]), dtype=torch.float64))[0].numpy()
         yield MeasurementMaps(
             measurement=m,
             truth=truth,
@@ -272,11 +275,11 @@ def build_panel_figure(panel: Panel, title: str) -> Figure:
     return fig
 
 
-def _sheet_title(view: SummaryView, m: int, done: np.ndarray) -> str:
+def _sheet_title(view: SummaryView, m: int, used: int, chains: int) -> str:
     """E.g. "inpaint-gmm · measurement 3 · 6400 draws over 32 chains · sampler ula · 90% coverage 0.912"."""
     name = view.campaign.get("name", Path(view.name).stem)
     sampler = view.describe("sampler").get("kind")
-    parts = [str(name), f"measurement {m}", f"{int(done[m].sum())} draws over {done.shape[1]} chains"]
+    parts = [str(name), f"measurement {m}", f"{used * chains} draws over {chains} chains"]
     if sampler:
         parts.append(f"sampler {sampler}")
     if view.has_truth:
@@ -284,27 +287,36 @@ def _sheet_title(view: SummaryView, m: int, done: np.ndarray) -> str:
     return " · ".join(parts)
 
 
-def write_maps(store: Any, out_dir: str | Path, *, reduce_if_missing: bool = True) -> list[Path]:
+def write_maps(store: Any, out_dir: str | Path, *, reduce: bool = False, say: Any = None) -> list[Path]:
     """Write the sheet and the separate panels of every measurement of ``store`` under ``out_dir``.
 
-    A store without ``summary/`` is reduced first when ``reduce_if_missing`` (else
-    :class:`UQError` says to run ``uqc reduce STORE``); a store without draws is an
-    error. Returns the paths written, sheet first then its panels, per measurement.
+    The store's summary must be up to date: a missing or stale one is a :class:`UQError` saying
+    to run ``uqc reduce STORE``, unless ``reduce`` (it is then recomputed, after telling
+    ``say``): maps never write ``summary/`` unasked. A measurement with fewer than 4 draws in
+    every chain has no summary and gets no map (``say`` is told). Returns the paths written,
+    sheet first then its panels, per measurement.
     """
-    view = open_summary(store, reduce_if_missing=reduce_if_missing)
+    view = open_summary(store, reduce=reduce, say=say)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UQError(f"cannot create the maps folder {out}: {exc.strerror}; give a writable --out") from exc
-    done = np.asarray(view.root["draws_done"][...]).reshape(view.n_measurements, -1)  # (M, chain)
+    chains = int(view.summary["chi2_draws"].shape[1]) if "chi2_draws" in view.summary else int(view.root["draws_done"].shape[1])
+    used = view.draws_used
+    if used is None:
+        used = np.asarray(view.root["draws_done"][...]).min(axis=1)
     written: list[Path] = []
     name = view.campaign.get("name", Path(view.name).stem)
     for maps in iter_measurement_maps(view):
         m = maps.measurement
+        if int(used[m]) < MIN_DRAWS:
+            if say is not None:
+                say(f"measurement {m}: {int(used[m])} draws complete in every chain (< {MIN_DRAWS}), not reduced: no map")
+            continue
         panels = sheet_panels(maps)
         sheet = out / f"measurement-{m:03d}.png"
-        build_sheet(panels, _sheet_title(view, m, done)).savefig(sheet)
+        build_sheet(panels, _sheet_title(view, m, int(used[m]), chains)).savefig(sheet)
         written.append(sheet)
         folder = out / f"measurement-{m:03d}"
         folder.mkdir(exist_ok=True)

@@ -38,7 +38,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,11 @@ import zarr
 
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.address import Address, parse_address
-from uqcampaign.pipeline.diagnostics import BlockSummary, summarize
+from uqcampaign.pipeline.diagnostics import MIN_DRAWS, BlockSummary, summarize
+from uqcampaign.pipeline.location import Location, io_errors
 from uqcampaign.pipeline.ray_join import join
-from uqcampaign.pipeline.store import consolidate, open_store, store_location
+from uqcampaign.pipeline.store import consolidate, json_attr, obs_array, open_store, store_location, sync_coordinates
+from uqcampaign.pipeline.summary import SUMMARY_NEW, discard_new_summary, open_summary_group, publish_summary, recover_summary
 
 __all__ = ["reduce_store", "choose_tile", "PIXEL_STATS", "DEFAULT_MEMORY_BUDGET"]
 
@@ -66,7 +68,6 @@ DEFAULT_MEMORY_BUDGET = 384 * 2**20
 _TILE_OVERHEAD = 3
 # Bytes of diagnostics temporaries per draw of a batch (4 float64 series, their complex spectrum, sorts).
 _BATCH_BYTES_PER_DRAW = 160
-MIN_DRAWS = 4
 
 
 # ----------------------------------------------------------------------------- memory
@@ -183,6 +184,8 @@ def _chi2_block(
     """
     import torch
 
+    from uqcampaign.kernels.plausibility import data_fidelity
+
     (m0, m1), (c0, c1), (d0, d1) = block_info[None]["array-location"]
     img_shape = tuple(samples.shape[3:])
     op = _operator(spec_json, img_shape, root)
@@ -193,8 +196,7 @@ def _chi2_block(
     step = max(1, batch_bytes // (8 * 4 * int(np.prod(img_shape))))  # float64 images, A x, residual
     with torch.no_grad():
         for i in range(0, images.shape[0], step):
-            resid = op.A(images[i : i + step].double()).reshape(-1, target.shape[1]) - target[i : i + step]
-            chi2[i : i + step] = (resid.square().sum(dim=1) / (sigma**2 * resid.shape[1])).numpy()
+            chi2[i : i + step] = data_fidelity(images[i : i + step], target[i : i + step].reshape(-1, *op.obs_shape), op, sigma).numpy()
     chi2 = chi2.reshape(k, cc, cd)
     chi2[np.broadcast_to(np.arange(d0, d1)[None, None, :] >= used[m0:m1, None, None], chi2.shape)] = np.nan
     return chi2
@@ -284,11 +286,6 @@ def _progress(enabled: bool, kwargs: dict[str, Any]) -> Iterator[None]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _new_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dims: list[str], dtype: str) -> zarr.Array:
-    fill = False if dtype == "bool" else np.nan
-    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims)
-
-
 def _level_of(root: zarr.Group, level: float | None) -> float:
     if level is None:
         level = float(_campaign(root).get("reduce", {}).get("level", 0.9))
@@ -304,6 +301,7 @@ def reduce_store(
     progress: bool = True,
     tile: tuple[int, int] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> zarr.Group:
     """Reduce the draws of ``store`` into its ``summary/`` group and return that group.
 
@@ -311,14 +309,33 @@ def reduce_store(
     ``reduce.level``). ``address``: None (threads here), ``ray://…``/``auto`` or ``tcp://…``.
     ``tile``: spatial tile ``(ty, tx)``; by default the largest whose draws fit
     ``memory_budget`` bytes across the local workers (see :func:`choose_tile`).
-    Writes ``summary/``: ``mean, std, ci_lower, ci_upper`` (attr ``level``), ``rhat,
-    ess_bulk, ess_tail, mcse_mean`` `(measurement, channel, y, x)`; with ``x_true``:
+    ``storage_options``: fsspec options of a URL store (default: the AWS environment).
+    Writes ``summary/``: ``mean, std, ci_lower, ci_upper`` (the last two with attr ``level``),
+    ``rhat, ess_bulk, ess_tail, mcse_mean`` `(measurement, channel, y, x)`; with ``x_true``:
     ``error``, ``covered`` (bool) and ``coverage`` `(measurement)`; ``chi2_draws``
     `(measurement, chain, draw)` (NaN past the draws used), ``chi2`` `(measurement)` (its
-    mean) and ``draws_used`` `(measurement)`; then consolidates the metadata.
+    mean), ``draws_used`` `(measurement)` and ``draws_done`` `(measurement, chain)` (the record
+    of what it summarises); then consolidates the metadata.
+
+    Nothing is lost: the new summary is written into ``summary.new/`` under the store's lease
+    and swapped in only once complete (:mod:`~uqcampaign.pipeline.summary`); a failure (an
+    unreachable cluster, a read-only or full store, an interrupt) leaves ``summary/`` as it was.
     """
     _check_address(address)
-    root = open_store(store, mode="r+")
+    from uqcampaign.pipeline.lease import hold_lease
+
+    root = open_store(store, mode="r+", storage_options=storage_options)
+    with hold_lease(Location.of(root), "reduce"):
+        recover_summary(root)
+        _reduce(root, level, address, progress, tile, memory_budget)
+        publish_summary(root)
+        consolidate(root)
+    summary, _ = open_summary_group(root)
+    return summary
+
+
+def _reduce(root: zarr.Group, level: float | None, address: str | None, progress: bool, tile: tuple[int, int] | None, memory_budget: int) -> None:
+    """Write the complete summary into ``summary.new/`` (see :func:`reduce_store`)."""
     location = store_location(root)
     level = _level_of(root, level)
     if "samples" not in root or "draws_done" not in root:
@@ -337,7 +354,7 @@ def reduce_store(
         )
     short = [m for m in range(n_meas) if used[m] < MIN_DRAWS]
     if short:
-        warnings.warn(f"measurements {short} have fewer than {MIN_DRAWS} draws in every chain; their summary is NaN", stacklevel=2)
+        warnings.warn(f"measurements {short} have fewer than {MIN_DRAWS} draws in every chain; their summary is NaN", stacklevel=3)
     n_used = int(used.max())
     task_bytes = memory_budget // (_n_workers(address) * _TILE_OVERHEAD)
     k, ty, tx = choose_tile((c, h, w), n_chains * n_used, task_bytes)
@@ -349,8 +366,37 @@ def reduce_store(
     truth = "x_true" in root
     names = list(PIXEL_STATS) + (list(TRUTH_STATS) if truth else [])
     chi2 = _chi2_graph(root, samples, used, task_bytes)
-    summary = _create_summary(root, (n_meas, c, h, w), (k, ty, tx), tuple(ch[0] for ch in chi2.chunks), level, used, truth=truth)
+    # Zarr decodes up to `async.concurrency` storage chunks of a read at once: keep them in the task's share.
+    chunk_bytes = 4 * int(np.prod(samples.chunks))
+    concurrency = int(max(1, min(zarr.config.get("async.concurrency") or 10, task_bytes // chunk_bytes)))
+    # The scheduler first: an unreachable cluster fails before anything is written.
+    with _scheduler(address, _n_workers(address)) as kwargs:
+        try:
+            with io_errors(root, "write the new summary (summary.new)"):
+                summary = _create_summary(root, (n_meas, c, h, w), (k, ty, tx), tuple(ch[0] for ch in chi2.chunks), level, used, done, truth=truth)
+            sources, targets = _summary_graph(root, summary, samples, names, used, level, (k, ty, tx), chi2, task_bytes, truth)
+            with (
+                _progress(progress, kwargs),
+                zarr.config.set({"async.concurrency": concurrency}),
+                warnings.catch_warnings(),
+                io_errors(root, "write the summary"),
+            ):
+                warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+                da.store(sources, targets, lock=False, compute=True, **kwargs)
+            with io_errors(root, "finish the new summary"):
+                summary.attrs["complete"] = 1
+        except BaseException:
+            discard_new_summary(root)
+            raise
 
+
+def _summary_graph(
+    root: zarr.Group, summary: zarr.Group, samples: zarr.Array, names: list[str], used: np.ndarray, level: float,
+    task: tuple[int, int, int], chi2: da.Array, task_bytes: int, truth: bool,
+) -> tuple[list[da.Array], list[zarr.Array]]:
+    """The Dask sources and their ``summary.new`` targets: pixel tiles, coverage, χ²."""
+    k, ty, tx = task
+    n_meas, _, _, c, h, w = samples.shape
     # 1. pixel tiles of all chains × the draws used, k measurements per task (each task reads its tile)
     grid = da.empty((len(names), n_meas, c, h, w), chunks=(len(names), k, c, ty, tx), dtype=np.float64)
     x_true = root["x_true"] if truth else None
@@ -368,33 +414,19 @@ def reduce_store(
     # 2. χ² of every draw used
     sources += [chi2, da.nanmean(chi2, axis=(1, 2)).rechunk(-1)]
     targets += [summary["chi2_draws"], summary["chi2"]]
-
-    # Zarr decodes up to `async.concurrency` storage chunks of a read at once: keep them in the task's share.
-    chunk_bytes = 4 * int(np.prod(samples.chunks))
-    concurrency = int(max(1, min(zarr.config.get("async.concurrency") or 10, task_bytes // chunk_bytes)))
-    with (
-        _scheduler(address, _n_workers(address)) as kwargs,
-        _progress(progress, kwargs),
-        zarr.config.set({"async.concurrency": concurrency}),
-        warnings.catch_warnings(),
-    ):
-        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
-        da.store(sources, targets, lock=False, compute=True, **kwargs)
-    consolidate(root)
-    return summary
+    return sources, targets
 
 
 def _campaign(root: zarr.Group) -> dict[str, Any]:
-    campaign = root.attrs.get("campaign", {})
-    return json.loads(campaign) if isinstance(campaign, str) else dict(campaign)
+    return dict(json_attr(root, "campaign") or {})
 
 
 def _chi2_graph(root: zarr.Group, samples: zarr.Array, used: np.ndarray, task_bytes: int) -> da.Array:
     """``(measurement, chain, draw)`` χ² of every draw used; tasks of whole measurements when they fit."""
     campaign = _campaign(root)
     sigma = float(campaign["noise"]["sigma"])
-    spec = root.attrs.get("operator") or campaign.get("operator")
-    spec_json = spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+    spec = json_attr(root, "operator") or campaign.get("operator")
+    spec_json = json.dumps(spec, sort_keys=True)
     n_meas, n_chains, n_draws = samples.shape[:3]
     per_measurement = 4 * n_chains * n_draws * int(np.prod(samples.shape[3:]))
     if per_measurement > task_bytes:
@@ -403,23 +435,50 @@ def _chi2_graph(root: zarr.Group, samples: zarr.Array, used: np.ndarray, task_by
         chunks = (min(n_meas, max(1, task_bytes // per_measurement)), n_chains, n_draws)
     grid = da.empty((n_meas, n_chains, n_draws), chunks=chunks, dtype=np.float64)
     return da.map_blocks(
-        _chi2_block, grid, samples, root["y"], used, spec_json, root.attrs.get("campaign_root"), sigma, task_bytes, dtype=np.float64
+        _chi2_block, grid, samples, obs_array(root), used, spec_json, root.attrs.get("campaign_root"), sigma, task_bytes, dtype=np.float64
     )
+
+
+SUMMARY_ATTRS = {
+    "mean": "posterior mean",
+    "std": "posterior standard deviation (ddof 1)",
+    "ci_lower": "lower end of the equal-tailed credible interval",
+    "ci_upper": "upper end of the equal-tailed credible interval",
+    "rhat": "rank-normalized split R-hat (Vehtari et al. 2021)",
+    "ess_bulk": "bulk effective sample size",
+    "ess_tail": "tail effective sample size",
+    "mcse_mean": "Monte Carlo standard error of the mean",
+    "error": "posterior mean minus the true image",
+    "covered": "true pixel inside the credible interval",
+    "coverage": "fraction of pixels whose truth is inside the credible interval",
+    "chi2_draws": "data misfit ||y - A x||^2 / (sigma^2 dim y) of each draw",
+    "chi2": "mean data misfit of the draws used",
+    "draws_used": "draws per chain the summary counts (complete in every chain)",
+    "draws_done": "draws_done of the store when the summary was computed",
+}
+
+
+def _new_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dims: list[str], dtype: str) -> zarr.Array:
+    fill = False if dtype == "bool" else 0 if dtype.startswith("int") else np.nan
+    attrs = {"long_name": SUMMARY_ATTRS[name]}
+    if name in ("chi2_draws", "chi2", "rhat", "ess_bulk", "ess_tail", "coverage", "draws_used", "draws_done"):
+        attrs["units"] = "1"
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims, attributes=attrs)
 
 
 def _create_summary(
     root: zarr.Group, shape: tuple[int, int, int, int], task: tuple[int, int, int], chi2_chunks: tuple[int, int, int],
-    level: float, used: np.ndarray, *, truth: bool,
+    level: float, used: np.ndarray, done: np.ndarray, *, truth: bool,
 ) -> zarr.Group:
-    """A fresh ``summary/`` group (an old one is replaced), chunked like the tasks: one writer per chunk."""
-    summary = zarr.open_group(root.store, path="summary", mode="w", zarr_format=3)
-    summary.attrs.update({"level": level})
+    """A fresh ``summary.new/`` group (an unfinished one is replaced), chunked like the tasks: one
+    writer per chunk. Attr ``complete`` is 0 until every array is written."""
+    summary = zarr.open_group(root.store, path=SUMMARY_NEW, mode="w", zarr_format=3, attributes={"level": level, "complete": 0})
     m, c, h, w = shape
     k, ty, tx = task
     chunks = (k, c, ty, tx)
     for name in PIXEL_STATS + (("error",) if truth else ()):
         arr = _new_array(summary, name, shape, chunks, IMAGE_DIMS, "float64")
-        if name in ("mean", "std", "ci_lower", "ci_upper"):
+        if name in ("ci_lower", "ci_upper"):
             arr.attrs["level"] = level
     if truth:
         _new_array(summary, "covered", shape, chunks, IMAGE_DIMS, "bool")
@@ -427,6 +486,7 @@ def _create_summary(
     n_chains, n_draws = root["samples"].shape[1:3]
     _new_array(summary, "chi2_draws", (m, n_chains, n_draws), chi2_chunks, ["measurement", "chain", "draw"], "float64")
     _new_array(summary, "chi2", (m,), (m,), ["measurement"], "float64")
-    arr = summary.create_array("draws_used", shape=(m,), chunks=(m,), dtype="int64", fill_value=0, dimension_names=["measurement"])
-    arr[...] = used
+    _new_array(summary, "draws_used", (m,), (m,), ["measurement"], "int64")[...] = used
+    _new_array(summary, "draws_done", done.shape, done.shape, ["measurement", "chain"], "int32")[...] = done
+    sync_coordinates(summary)
     return summary

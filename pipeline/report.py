@@ -6,7 +6,8 @@ planned, coverage of the credible interval (when the truth is known), the worst
 R̂ and the smallest bulk/tail ESS over pixels, and the mean data-fidelity χ².
 
 :func:`open_summary` is also the entry point of :mod:`uqcampaign.pipeline.maps`:
-it checks that the store holds draws and a summary, and reduces first on request.
+it checks that the store holds draws and an up-to-date summary (a missing or stale one is a
+one-line error naming ``uqc reduce``), and reduces first when asked (``--reduce``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import numpy as np
 import zarr
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.pipeline.store import open_store, store_location
+from uqcampaign.pipeline.diagnostics import MIN_DRAWS
+from uqcampaign.pipeline.location import Location
+from uqcampaign.pipeline.store import json_attr, open_store, store_location
+from uqcampaign.pipeline.summary import SummaryStatus, open_summary_group, summary_status
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,7 +58,8 @@ class SummaryView:
 
     ``root`` is the store's root group, ``summary`` its ``summary/`` group, ``campaign``
     the validated campaign config (``{}`` when the attrs lack it), ``level`` the
-    credible level of ``ci_lower``/``ci_upper``, ``name`` a printable store name.
+    credible level of ``ci_lower``/``ci_upper``, ``name`` a printable store name,
+    ``status`` what the summary summarises.
     """
 
     root: zarr.Group
@@ -62,6 +67,7 @@ class SummaryView:
     campaign: dict[str, Any]
     level: float
     name: str
+    status: SummaryStatus | None = None
 
     @property
     def n_measurements(self) -> int:
@@ -73,23 +79,16 @@ class SummaryView:
 
     def describe(self, key: str) -> dict[str, Any]:
         """Root attr ``key`` (``operator``, ``sampler``, ``prior``) as a dict, else the campaign's entry, else ``{}``."""
-        return _json_attr(self.root.attrs.get(key, {})) or _json_attr(self.campaign.get(key, {}))
+        return _json_attr(json_attr(self.root, key, {})) or _json_attr(self.campaign.get(key, {}))
+
+    @property
+    def draws_used(self) -> np.ndarray | None:
+        """Draws per chain each measurement's summary counts `(M,)`, None when not recorded."""
+        return np.asarray(self.summary["draws_used"][...]) if "draws_used" in self.summary else None
 
     def array(self, key: str) -> np.ndarray:
         """``summary/<key>`` read whole; meant for the per-measurement arrays `(M,)` (images: index by measurement)."""
         return np.asarray(self.summary[key][...])
-
-
-def _as_group(store: Any) -> tuple[zarr.Group, str]:
-    """The root group of ``store`` (path, URL, Zarr store or group) and its printable location.
-
-    Stale consolidated metadata (written by ``run`` before ``reduce`` added ``summary/``)
-    would hide the summary: a store opened from a location is then re-read without it.
-    """
-    root = open_store(store)
-    if "summary" not in root and not isinstance(store, zarr.Group):
-        root = zarr.open_group(root.store, mode="r", zarr_format=3, use_consolidated=False)
-    return root, store_location(root)
 
 
 def _json_attr(value: Any) -> dict[str, Any]:
@@ -112,25 +111,29 @@ def _level(summary: zarr.Group, campaign: dict[str, Any]) -> float:
     return float(campaign.get("reduce", {}).get("level", 0.9))
 
 
-def open_summary(store: Any, *, reduce_if_missing: bool = False) -> SummaryView:
+def open_summary(store: Any, *, reduce: bool = False, say: Any = None, storage_options: Any = None) -> SummaryView:
     """Open ``store`` for reading its summary.
 
-    Raises :class:`UQError` when the store holds no draws, or has no ``summary/``
-    group and ``reduce_if_missing`` is False; with ``reduce_if_missing`` it runs
-    :func:`~uqcampaign.pipeline.reduce.reduce_store` first (imported lazily).
+    Raises :class:`UQError` (one line, naming ``uqc reduce``) when the store holds no draws, or
+    its summary is missing or stale (computed from other draws than the store holds, see
+    :mod:`~uqcampaign.pipeline.summary`). With ``reduce`` a missing or stale summary is first
+    recomputed with :func:`~uqcampaign.pipeline.reduce.reduce_store`, after telling ``say``
+    (e.g. ``console.print``).
     """
-    root, name = _as_group(store)
+    root = open_store(store, storage_options=storage_options)
+    name = store_location(root)
     _require_draws(root, name)
-    if "summary" not in root or "mean" not in root["summary"]:
-        if not reduce_if_missing:
-            raise UQError(f"store {name} has no summary/ group: run `uqc reduce {name}` first")
+    status = summary_status(root)
+    if reduce and status.state != "fresh":
+        if say is not None:
+            why = "has no summary" if status.state == "missing" else f"has a stale summary ({status.summarised} of {status.stored} chain-draws)"
+            say(f"store {name} {why}: reducing it first (--reduce)")
         from uqcampaign.pipeline.reduce import reduce_store
 
-        reduce_store(store, progress=False)
-        root, name = _as_group(store)
-    campaign = _json_attr(root.attrs.get("campaign", {}))
-    summary = root["summary"]
-    return SummaryView(root=root, summary=summary, campaign=campaign, level=_level(summary, campaign), name=name)
+        reduce_store(Location.of(root), progress=False)
+    summary, status = open_summary_group(root)
+    campaign = _json_attr(json_attr(root, "campaign", {}))
+    return SummaryView(root=root, summary=summary, campaign=campaign, level=_level(summary, campaign), name=name, status=status)
 
 
 def _chi2_per_measurement(view: SummaryView) -> np.ndarray:
@@ -150,7 +153,9 @@ def _nan_reduce(func: Any, values: np.ndarray) -> float:
     return float(func(finite)) if finite.size else math.nan
 
 
-def _flag(rhat_max: float, chi2: float) -> str:
+def _flag(rhat_max: float, chi2: float, used: int | None = None) -> str:
+    if used is not None and used < MIN_DRAWS:
+        return f"not reduced: {used} draws complete in every chain (< {MIN_DRAWS})"
     reasons = []
     if not math.isfinite(rhat_max) or rhat_max > RHAT_WARN:
         reasons.append(f"R̂>{RHAT_WARN}" if math.isfinite(rhat_max) else "R̂ NaN")
@@ -173,6 +178,7 @@ def _rows(view: SummaryView) -> list[dict[str, Any]]:
     planned = _planned(view)
     coverage = view.array("coverage") if view.has_truth else None
     chi2 = _chi2_per_measurement(view)
+    used = view.draws_used
     rows = []
     for m in range(view.n_measurements):
         rhat_max = _nan_reduce(np.max, np.asarray(view.summary["rhat"][m]))
@@ -187,34 +193,36 @@ def _rows(view: SummaryView) -> list[dict[str, Any]]:
                 "ess_bulk_min": _nan_reduce(np.min, np.asarray(view.summary["ess_bulk"][m])),
                 "ess_tail_min": _nan_reduce(np.min, np.asarray(view.summary["ess_tail"][m])),
                 "chi2_mean": chi2_m,
-                "flag": _flag(rhat_max, chi2_m),
+                "flag": _flag(rhat_max, chi2_m, None if used is None else int(used[m])),
             }
         )
     return rows
 
 
-def report_rows(store: Any) -> list[dict[str, Any]]:
+def report_rows(store: Any, *, reduce: bool = False, say: Any = None) -> list[dict[str, Any]]:
     """One dict per measurement of a reduced store.
 
     Keys: ``measurement``, ``draws_done`` and ``draws_planned`` (summed over chains),
     ``coverage`` (fraction of pixels whose truth lies in the interval; None without
     truth), ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` (over channels and pixels,
-    NaN pixels ignored), ``chi2_mean``, ``flag`` ("" when fine, else the reasons).
-    Raises :class:`UQError` when the store has no draws or no ``summary/`` group.
+    NaN pixels ignored), ``chi2_mean``, ``flag`` ("" when fine, else the reasons; a
+    measurement with fewer than 4 draws in every chain says it was not reduced).
+    Raises :class:`UQError` when the store has no draws or its summary is missing or stale,
+    unless ``reduce`` (see :func:`open_summary`).
     """
-    return _rows(open_summary(store))
+    return _rows(open_summary(store, reduce=reduce, say=say))
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def print_report(store: Any, console: Console | None = None) -> None:
+def print_report(store: Any, console: Console | None = None, *, reduce: bool = False, say: Any = None) -> None:
     """Print the rows of :func:`report_rows` as a ``rich`` table on ``console`` (stdout by default)."""
     from rich.console import Console
     from rich.table import Table
 
-    view = open_summary(store)
+    view = open_summary(store, reduce=reduce, say=say)
     rows = _rows(view)
     level = f"{view.level * 100:g}%"
     name = view.campaign.get("name", Path(view.name).stem)

@@ -1,9 +1,13 @@
-"""Run a campaign in this process (no Ray): create or reopen the store, run the pending units.
+"""Run a campaign in this process (no Ray): take the store's lease, create, reopen or grow the
+store, run the pending units.
 
 Resuming: a unit's draws depend only on the campaign seed, so a store written by the *same*
 campaign (same config hash) is always continued — with or without ``--resume`` — and the
 output says so; finished units are skipped, a half-done unit recomputes its done chunks
-without writing them. A store of another campaign is refused unless ``force``.
+without writing them. A campaign with more draws, chains or measurements grows its store
+(:mod:`~uqcampaign.pipeline.campaign_store`). A store of another campaign is refused unless
+``force`` (and ``delete_draws`` when it holds draws). A second writer on the same store is
+refused while this one holds the lease (:mod:`~uqcampaign.pipeline.lease`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from uqcampaign.pipeline.campaign_store import create_or_open
 from uqcampaign.pipeline.config import Campaign
+from uqcampaign.pipeline.lease import hold_lease
 from uqcampaign.pipeline.preflight import Budget, check_campaign
-from uqcampaign.pipeline.store import StoreLayout, consolidate, create_or_open, draws_done
+from uqcampaign.pipeline.store import StoreLayout, consolidate, draws_done
 from uqcampaign.pipeline.units import load_components, pending_units, run_unit
 
-__all__ = ["RunResult", "prepare_store", "check_sampler", "run_campaign", "draw_progress", "units_done"]
+__all__ = ["RunResult", "prepare_store", "measurement_layout", "check_sampler", "run_campaign", "draw_progress", "units_done"]
 
 
 @dataclass
@@ -39,20 +45,40 @@ class RunResult:
     messages: list[str] = field(default_factory=list)
 
 
+def measurement_layout(campaign: Campaign, components: Callable[[], tuple[Any, Any, Any]]) -> Callable[[int], StoreLayout]:
+    """``layout(first)``: the campaign's measurements ``first..M-1`` from
+    :func:`~uqcampaign.pipeline.data.load_or_simulate`, with the component descriptions.
+
+    ``components()`` gives ``(prior, operator, sampler)`` (the Ray driver loads them only when
+    a layout is needed, i.e. when a store is created or gains measurements).
+    """
+    from uqcampaign.pipeline.data import load_or_simulate
+
+    def layout(first: int) -> StoreLayout:
+        prior, operator, sampler = components()
+        y, x_true = load_or_simulate(campaign, prior, operator, first)
+        descriptions = {"operator": operator.describe(), "prior": prior.describe(), "sampler": sampler.describe()}
+        return StoreLayout(y=y, x_true=x_true, img_shape=tuple(prior.img_shape), descriptions=descriptions, first=first)
+
+    return layout
+
+
 def prepare_store(
     campaign: Campaign,
     *,
     force: bool = False,
+    delete_draws: bool = False,
     prior: Any = None,
     operator: Any = None,
     say: Callable[[str], None] | None = None,
     budget: Budget | None = None,
 ) -> tuple[zarr.Group, list[str], tuple[Any, Any, Any]]:
-    """Create or reopen the campaign's store; returns (group, messages, (prior, operator, sampler)).
+    """Create, reopen or grow the campaign's store; returns (group, messages, (prior, operator, sampler)).
 
-    ``say`` receives each message (``--force`` removal, resuming) before its action happens.
-    A new store gets ``y``/``x_true`` from :func:`~uqcampaign.pipeline.data.load_or_simulate`
-    and the component descriptions in its attrs. The Ray driver calls this too.
+    ``say`` receives each message (``--force`` removal, resuming, growing) before its action
+    happens. A new store gets ``y_obs``/``x_true`` from :func:`measurement_layout` and the
+    component descriptions in its attrs. The caller holds the store's lease (``run_campaign``
+    does); the Ray driver calls this too.
 
     The sampler is checked against the prior, operator and noise (ULA step bound, latent or
     pixel prior) before the store is touched, so a bad campaign neither writes an empty store
@@ -61,19 +87,10 @@ def prepare_store(
     whose workers (``budget``: this machine, one worker, by default) or store cannot hold it,
     before the data is read, the store written or any chain tensor allocated.
     """
-    from uqcampaign.pipeline.data import load_or_simulate
-
     components = load_components(campaign, prior, operator)
     check_sampler(campaign, *components)
     check_campaign(campaign, *components, budget)
-
-    def layout() -> StoreLayout:
-        prior_, operator_, sampler_ = components
-        y, x_true = load_or_simulate(campaign, prior_, operator_)
-        descriptions = {"operator": operator_.describe(), "prior": prior_.describe(), "sampler": sampler_.describe()}
-        return StoreLayout(y=y, x_true=x_true, img_shape=tuple(prior_.img_shape), descriptions=descriptions)
-
-    group, messages = create_or_open(campaign, force=force, layout=layout, say=say)
+    group, messages = create_or_open(campaign, force=force, delete_draws=delete_draws, layout=measurement_layout(campaign, lambda: components), say=say)
     return group, messages, components
 
 
@@ -119,30 +136,42 @@ def draw_progress(console: Console | None, enabled: bool) -> Progress:
     )
 
 
-def run_campaign(campaign: Campaign, *, resume: bool = False, force: bool = False, progress: bool = True, console: Console | None = None) -> RunResult:
-    """Run every pending unit of ``campaign`` in this process and consolidate the store metadata.
+def run_campaign(
+    campaign: Campaign,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    delete_draws: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> RunResult:
+    """Run every pending unit of ``campaign`` in this process, holding the store's lease, and
+    consolidate the store metadata.
 
     ``resume`` is accepted for symmetry with the Ray driver: a store of the same campaign is
-    continued either way (see the module docstring). Messages (resuming, ``--force``
+    continued either way (see the module docstring). Messages (resuming, growing, ``--force``
     removal) are printed on ``console`` before any work and returned.
     """
     console = console or Console(stderr=True)
     start = time.perf_counter()
-    group, messages, (prior, operator, _) = prepare_store(campaign, force=force, say=lambda text: console.print(text, markup=False))
-    if resume and not messages:
-        console.print(f"{campaign.store_location}: no earlier run to resume; starting")
-    done = draws_done(group)
-    units = pending_units(campaign, done)
-    total = done.shape[0] * campaign.n_blocks
-    remaining = int((campaign.draws - done).clip(min=0).sum())
-    written = 0
-    with draw_progress(console, progress and bool(units)) as bar:
-        task = bar.add_task(units_done(campaign.name, total - len(units), total), total=remaining)
-        for k, unit in enumerate(units, start=1):
-            stats = run_unit(campaign, unit, group, prior=prior, operator=operator, on_chunk=lambda n: bar.advance(task, n))
-            chains = campaign.block_chains(unit.block)
-            written += stats.draws_written * (chains.stop - chains.start)
-            bar.update(task, description=units_done(campaign.name, total - len(units) + k, total))
-    consolidate(group)
+    with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
+        say = lambda text: console.print(text, markup=False)  # noqa: E731
+        group, messages, (prior, operator, _) = prepare_store(campaign, force=force, delete_draws=delete_draws, say=say)
+        if resume and not messages:
+            console.print(f"{campaign.store_location}: no earlier run to resume; starting")
+        done = draws_done(group)
+        units = pending_units(campaign, done)
+        total = done.shape[0] * campaign.n_blocks
+        remaining = int((campaign.draws - done).clip(min=0).sum())
+        written = 0
+        with draw_progress(console, progress and bool(units)) as bar:
+            task = bar.add_task(units_done(campaign.name, total - len(units), total), total=remaining)
+            for k, unit in enumerate(units, start=1):
+                lease.check()
+                stats = run_unit(campaign, unit, group, prior=prior, operator=operator, on_chunk=lambda n: bar.advance(task, n))
+                chains = campaign.block_chains(unit.block)
+                written += stats.draws_written * (chains.stop - chains.start)
+                bar.update(task, description=units_done(campaign.name, total - len(units) + k, total))
+        consolidate(group)
     seconds = time.perf_counter() - start
     return RunResult(campaign.store_location, len(units), total, written, seconds, messages)

@@ -23,7 +23,7 @@ import torch
 
 from uqcampaign.kernels.rng import unit_generator
 from uqcampaign.pipeline.config import Campaign
-from uqcampaign.pipeline.store import UnitStats, mark_done, open_store, write_draw_block, write_unit_stats
+from uqcampaign.pipeline.store import DrawWriter, UnitStats, obs_array, open_store, write_unit_stats
 
 __all__ = ["Unit", "UnitStats", "count_measurements", "plan_units", "pending_units", "run_unit", "load_components", "default_worker_name"]
 
@@ -101,17 +101,18 @@ def run_unit(
     Otherwise the stats are also written to the store's ``units/`` group. ``on_chunk`` (if
     given) is called with the number of chain-draws of each chunk as it is computed.
     """
-    group = open_store(store, mode="r+")
+    group = open_store(store, mode="r+", storage_options=campaign.storage_options)
     m, chains = unit.measurement, campaign.block_chains(unit.block)
     n_chains = chains.stop - chains.start
-    already = int(np.asarray(group["draws_done"][m, chains]).min())
+    writer = DrawWriter(group)
+    already = int(np.asarray(writer.draws_done[m, chains]).min())
     worker = worker or default_worker_name()
     if already >= campaign.draws:
         return UnitStats(m, unit.block, 0.0, float("nan"), 0, str(device), worker)
 
     start = time.perf_counter()
     prior, operator, sampler = load_components(campaign, prior, operator, device)
-    y = torch.as_tensor(np.asarray(group["y"][m]), dtype=torch.float32, device=device)  # (*obs_shape)
+    y = torch.as_tensor(np.asarray(obs_array(group)[m]), dtype=torch.float32, device=device)  # (*obs_shape)
     generator = unit_generator(campaign.seed, m, unit.block, device)
     chunks = campaign.draw_chunks()
     # (chain, draw, C, H, W) on the sampler's device: one host transfer per chunk, not a sync per draw
@@ -125,11 +126,12 @@ def run_unit(
         if draw.index + 1 < chunk.stop:
             continue
         if chunk.stop > already:  # a done chunk was recomputed only to move the chain on
-            write_draw_block(group, m, chains, chunk, buffer[:, : chunk.stop - chunk.start].cpu().numpy())
-            mark_done(group, m, chains, chunk.stop)
-            written += chunk.stop - chunk.start
+            writer.write(m, chains, chunk, buffer[:, : chunk.stop - chunk.start].cpu().numpy())
+            writer.mark_done(m, chains, chunk.stop)
+            new = chunk.stop - max(chunk.start, already)  # a grown partial chunk is rewritten with its done draws
+            written += new
             if on_chunk is not None:
-                on_chunk(n_chains * (chunk.stop - chunk.start))
+                on_chunk(n_chains * new)
         k += 1
         if k == len(chunks):
             break

@@ -42,6 +42,15 @@ class DiagonalOperator(LinearOperator):
     def norm_sq(self) -> float:
         return float((self.weights**2).max())
 
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """``A Aᵀ = diag(w²)``: elementwise ``r / (s2 + c w²)``."""
+        self._check_cov(s2, c)
+        return r / (s2 + c * _cast(self.weights, r) ** 2)
+
+    def obs_cov_logdet(self, s2: float, c: float) -> float:
+        self._check_cov(s2, c)
+        return float(torch.log(s2 + c * self.weights**2).expand(self.obs_shape).sum())
+
 
 class Denoise(DiagonalOperator):
     """Denoising: the identity, ``y = x``; obs ``(C, H, W)``.

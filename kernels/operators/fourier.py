@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +55,19 @@ class FourierDiagonalOperator(LinearOperator):
     def norm_sq(self) -> float:
         return float(self.gram_hat.max())
 
+    def obs_cov_logdet(self, s2: float, c: float) -> float:
+        """Sylvester: ``log det(s2 I_m + c A Aᵀ) = m log s2 + Σ_k log(1 + c g(k)/s2)`` over the full DFT grid
+        of every channel (``g`` is held on the ``rfft2`` half grid: columns ``1 … ⌈W/2⌉−1`` stand for two)."""
+        self._check_cov(s2, c)
+        w = self.img_shape[2]
+        multiplicity = torch.full((w // 2 + 1,), 2.0, dtype=torch.float64)
+        multiplicity[0] = 1.0
+        if w % 2 == 0:
+            multiplicity[-1] = 1.0
+        per_channel = self.img_shape[0] // self.gram_hat.shape[0]
+        spectrum = (torch.log1p(c * self.gram_hat / s2) * multiplicity).sum() * per_channel
+        return math.prod(self.obs_shape) * math.log(s2) + float(spectrum)
+
 
 class Blur(FourierDiagonalOperator):
     """Deblurring: circular convolution with a normalised Gaussian kernel, by FFT; obs ``(C, H, W)``.
@@ -105,6 +119,11 @@ class Blur(FourierDiagonalOperator):
 
     def A_T(self, y: Tensor) -> Tensor:
         return self._filter(y, _cast(self.kernel_hat, y).conj())
+
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """A convolution is normal (``A Aᵀ = AᵀA``): ``F⁻¹[F r / (s2 + c g)]``."""
+        self._check_cov(s2, c)
+        return self._filter(r, 1.0 / (s2 + c * _cast(self.gram_hat, r)))
 
 
 class MRI(FourierDiagonalOperator):
@@ -163,3 +182,23 @@ class MRI(FourierDiagonalOperator):
     def A_T(self, y: Tensor) -> Tensor:
         k = _cast(self.mask, y) * torch.view_as_complex(y.contiguous())
         return torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho").real
+
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """``(s2 I + c A Aᵀ)⁻¹ r`` in k-space, exact and without cancellation.
+
+        With ``u`` the complex k-space field of ``r`` (DFT order) and ``(J u)(k) = conj(u(−k))``,
+        ``A Aᵀ = M (I + J)/2 M`` (``F`` of a real image is Hermitian). Unsampled ``k``: ``u/s2``.
+        Sampled ``k`` whose mirror ``−k`` is sampled too (``k = −k`` included): ``J`` is an involution
+        there, ``(s2 I + c(I+J)/2)⁻¹ = a I + b J`` with ``a = (2 s2 + c)/(2 s2 (s2 + c))``,
+        ``b = −c/(2 s2 (s2 + c))``. Sampled ``k`` with unsampled mirror: ``u/(s2 + c/2)``.
+        """
+        self._check_cov(s2, c)
+        mask = torch.fft.ifftshift(_cast(self.mask, r), dim=(-2, -1))  # DFT order
+        mirror = torch.roll(torch.flip(mask, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))  # M(−k)
+        both = mask * mirror
+        a = both * (2 * s2 + c) / (2 * s2 * (s2 + c)) + (mask - both) / (s2 + c / 2) + (1 - mask) / s2
+        b = -both * c / (2 * s2 * (s2 + c))
+        u = torch.fft.ifftshift(torch.view_as_complex(r.contiguous()), dim=(-2, -1))
+        u_mirror = torch.roll(torch.flip(mask * u, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1)).conj()  # J(M u)
+        x = a * u + b * u_mirror
+        return torch.view_as_real(torch.fft.fftshift(x, dim=(-2, -1))).contiguous()

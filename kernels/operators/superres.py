@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,12 @@ class SuperResolution(LinearOperator):
 
     def norm_sq(self) -> float:
         return 1.0 / self.factor**2
+
+    def obs_cov_solve(self, r: Tensor, s2: float, c: float) -> Tensor:
+        """``A Aᵀ = I/f²``: ``r / (s2 + c/f²)``."""
+        self._check_cov(s2, c)
+        return r / (s2 + c / self.factor**2)
+
+    def obs_cov_logdet(self, s2: float, c: float) -> float:
+        self._check_cov(s2, c)
+        return math.prod(self.obs_shape) * math.log(s2 + c / self.factor**2)

@@ -19,7 +19,7 @@ from uqcampaign.kernels.errors import require
 if TYPE_CHECKING:
     from uqcampaign.kernels.priors.posterior import GaussianMixturePosterior
 
-__all__ = ["Prior", "LatentPrior", "ExactPrior", "alpha_bar"]
+__all__ = ["Prior", "LatentPrior", "ExactPrior", "ConditionalExactPrior", "alpha_bar"]
 
 
 @runtime_checkable
@@ -87,6 +87,25 @@ class ExactPrior(Prior, Protocol):
 
     def posterior(self, operator: Any, y: Tensor, sigma: float) -> GaussianMixturePosterior:
         """The exact ``p(x | y)`` for ``y = A x + σ ε``; ``y: (*obs_shape)`` (one measurement)."""
+        ...
+
+
+@runtime_checkable
+class ConditionalExactPrior(ExactPrior, Protocol):
+    """An exact prior whose weights depend on a condition ``c (k,)``: the conditional ``gmm``,
+    ``w(c) = softmax(logit_weights @ c)`` (LATINO-PRO's exact test bed). ``denoise``, ``consistency``,
+    ``sample`` and ``posterior`` also take an optional ``condition`` (default :attr:`condition`).
+    """
+
+    logit_weights: Tensor
+    condition: Tensor
+
+    def condition_score(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
+        """``∇_c log p(x | c)`` per image in closed form: ``x (B, C, H, W)`` → ``(B, k)``."""
+        ...
+
+    def log_prob(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
+        """``log p(x | c)``: ``x (B, C, H, W)`` → ``(B,)``."""
         ...
 
 

@@ -37,12 +37,21 @@ class GaussianMixturePosterior:
     """An exact posterior ``p(x | y) = Σ_k w_k N(μ_k, Σ_k)`` of one measurement.
 
     ``weights (K,)``, ``means (K, d)``, ``covariances (K, d, d)`` (float64, CPU), ``img_shape = (C, H, W)``;
-    ``log_evidence``: the exact ``log p(y) = log Σ_k w_k N(y; A m_k, A Σ0_k Aᵀ + σ² I)`` (None when unknown).
+    ``log_evidence``: the exact ``log p(y) = log Σ_k w_k N(y; A m_k, A Σ0_k Aᵀ + σ² I)`` (None when unknown);
+    ``component_log_evidence (K,)``: the terms ``log N(y; A m_k, A Σ0_k Aᵀ + σ² I)`` without the prior
+    weights (None when unknown), so that ``log p(y)`` under other weights ``w'`` is
+    ``logsumexp(log w' + component_log_evidence)`` (a conditional prior's ``log p(y | c)``).
     Per-pixel marginals are mixtures of normals: ``F_i(x) = Σ_k w_k Φ((x − μ_ki) / s_ki)``.
     """
 
     def __init__(
-        self, weights: Tensor, means: Tensor, covariances: Tensor, img_shape: tuple[int, int, int], log_evidence: float | None = None
+        self,
+        weights: Tensor,
+        means: Tensor,
+        covariances: Tensor,
+        img_shape: tuple[int, int, int],
+        log_evidence: float | None = None,
+        component_log_evidence: Tensor | None = None,
     ) -> None:
         d = math.prod(img_shape)
         k = weights.shape[0]
@@ -53,6 +62,7 @@ class GaussianMixturePosterior:
         )
         self.img_shape = tuple(int(s) for s in img_shape)
         self.log_evidence = log_evidence  # log p(y), when built from a prior and a measurement
+        self.component_log_evidence = None if component_log_evidence is None else component_log_evidence.to(torch.float64)
         self.weights = weights.to(torch.float64)
         self.means = means.to(torch.float64)
         self.covariances = covariances.to(torch.float64)
@@ -191,4 +201,6 @@ def linear_gaussian_posterior(
     log_w = weights.log() + log_evidence
     require(bool(torch.isfinite(log_w).any()), "every prior component has zero weight or zero evidence for this y; check y and sigma")
     post_weights = torch.softmax(log_w, dim=0)
-    return GaussianMixturePosterior(post_weights, post_means, post_covs, img_shape, float(torch.logsumexp(log_w, dim=0)))
+    return GaussianMixturePosterior(
+        post_weights, post_means, post_covs, img_shape, float(torch.logsumexp(log_w, dim=0)), component_log_evidence=log_evidence
+    )

@@ -9,7 +9,9 @@ kind                   spec
 =====================  ==============================================================
 ``gaussian``           ``{file: g.npz}`` (keys ``mean (C,H,W)`` and ``variance (C,H,W)``
                        or ``covariance (d,d)``) or ``{shape: [1,8,8], mean: 0.5, variance: 0.04}``
-``gmm``                ``{file: x.npz}`` (keys ``weights (K,)``, ``means``, ``variances (K,C,H,W)``)
+``gmm``                ``{file: x.npz}`` (keys ``weights (K,)``, ``means``, ``variances (K,C,H,W)``;
+                       a conditional mixture: ``logit_weights (K,k)`` and ``condition (k,)``,
+                       the spec's ``condition: [...]`` replacing the file's)
 ``diffusion``          ``{path: folder}`` (a diffusers ``save_pretrained`` folder)
 ``consistency``        ``{path: folder}``
 ``latent-consistency`` ``{path: folder}``
@@ -42,7 +44,7 @@ PRIOR_KINDS: tuple[str, ...] = tuple(_LOADERS)
 # Keys each kind takes besides ``kind`` (img_shape, components, covariance repeat describe()).
 PRIOR_KEYS: dict[str, tuple[str, ...]] = {
     "gaussian": ("file", "shape", "mean", "variance", "img_shape", "components", "covariance"),
-    "gmm": ("file", "img_shape", "components", "covariance"),
+    "gmm": ("file", "condition", "img_shape", "components", "covariance", "condition_dim"),
     "diffusion": ("path", "img_shape", "image_size"),
     "consistency": ("path", "img_shape", "image_size"),
     "latent-consistency": ("path", "prompt", "guidance_scale", "img_shape", "image_size"),

@@ -42,7 +42,18 @@ import torch
 from uqcampaign.kernels.errors import require
 from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs
 
-__all__ = ["LatinoConfig", "LatinoState", "LatinoInfo", "latino_timesteps", "init", "step", "LatinoSampler"]
+__all__ = [
+    "LatinoConfig",
+    "LatinoState",
+    "LatinoInfo",
+    "latino_timesteps",
+    "codec",
+    "consistency_map",
+    "renoise",
+    "init",
+    "step",
+    "LatinoSampler",
+]
 
 
 @dataclass(frozen=True)
@@ -115,11 +126,29 @@ def latino_timesteps(num_train_timesteps: int, steps: int, t_max: int | None = N
     return tuple(int(round(top - k * (top - bottom) / (steps - 1))) for k in range(steps))
 
 
-def _codec(prior: Any):
+def codec(prior: Any):
     """``(E, D)``: the prior's encoder/decoder, or identities for pixel priors."""
     if getattr(prior, "is_latent", False):
         return prior.encode, prior.decode
     return (lambda x: x), (lambda z: z)
+
+
+def consistency_map(prior: Any, z: torch.Tensor, t: int, condition: torch.Tensor | None = None) -> torch.Tensor:
+    """``G(z, t, c)``: the prior's consistency map with the condition ``c`` (``None``: the prior's own).
+
+    ``z: (chains, *latent_shape)`` (pixel priors: images). A given ``condition`` is passed as the
+    ``condition=`` keyword (conditional ``gmm``: ``(k,)``; ``latent-consistency``: ``(1, L, D)``),
+    so gradients flow to it (LATINO-PRO).
+    """
+    if condition is None:
+        return prior.consistency(z, t)
+    return prior.consistency(z, t, condition=condition)
+
+
+def renoise(generator: torch.Generator, z0: torch.Tensor, ab: float) -> torch.Tensor:
+    """``sqrt(ᾱ) z0 + sqrt(1 − ᾱ) ε``, ``ε ~ N(0, I)`` drawn from ``generator``; ``z0: (chains, ...)``."""
+    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
+    return math.sqrt(ab) * z0 + math.sqrt(1.0 - ab) * noise
 
 
 def init(y_chains: torch.Tensor, operator: Any) -> LatinoState:
@@ -136,17 +165,19 @@ def step(
     sigma: float,
     timesteps: tuple[int, ...],
     delta: float,
+    condition: torch.Tensor | None = None,
 ) -> tuple[LatinoState, LatinoInfo]:
-    """LATINO step ``k`` (encode + re-noise, consistency + decode, data prox) for all chains."""
-    encode, decode = _codec(prior)
+    """LATINO step ``k`` (encode + re-noise, consistency + decode, data prox) for all chains.
+
+    ``condition``: the ``c`` of ``G(z, t, c)`` (``None``: the prior's own; see :func:`consistency_map`).
+    """
+    encode, decode = codec(prior)
     t = timesteps[state.k]
     ab = float(prior.alphas_cumprod[t])
     # 1. z = sqrt(ᾱ_t) E(x) + sqrt(1 − ᾱ_t) ε
-    z0 = encode(state.x)
-    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
-    z = math.sqrt(ab) * z0 + math.sqrt(1.0 - ab) * noise
+    z = renoise(generator, encode(state.x), ab)
     # 2. u = D(G(z, t, c))
-    u = decode(prior.consistency(z, t))
+    u = decode(consistency_map(prior, z, t, condition))
     # 3. x = prox_{δ_t g_y}(u), δ_t = δ (1 − ᾱ_t)
     x = operator.prox_data(u, y_chains, sigma, delta * (1.0 - ab))
     return LatinoState(x, state.k + 1), LatinoInfo(t, 1)

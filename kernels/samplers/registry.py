@@ -11,19 +11,34 @@ from uqcampaign.kernels.samplers.base import Sampler
 from uqcampaign.kernels.samplers.dps import DPSConfig, DPSSampler
 from uqcampaign.kernels.samplers.exact import ExactConfig, ExactSampler
 from uqcampaign.kernels.samplers.latino import LatinoConfig, LatinoSampler
+from uqcampaign.kernels.samplers.skrock import SKRockConfig, SKRockSampler
+from uqcampaign.kernels.samplers.latino_pro import LatinoProConfig, LatinoProSampler
+from uqcampaign.kernels.samplers.smc.sampler import AnnealConfig, AnnealSampler, TDSConfig, TDSSampler
+from uqcampaign.kernels.samplers.map_admm import ADMMConfig, ADMMSampler
+from uqcampaign.kernels.samplers.map_hqs import HQSConfig, HQSSampler
+from uqcampaign.kernels.samplers.map_latent import LatentMAPConfig, LatentMAPSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
-__all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "build_sampler"]
+__all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "POINT_ESTIMATE_KINDS", "build_sampler"]
 
 _REGISTRY: dict[str, tuple[type, type]] = {
     "exact": (ExactSampler, ExactConfig),
     "ula": (ULASampler, ULAConfig),
+    "skrock": (SKRockSampler, SKRockConfig),
     "dps": (DPSSampler, DPSConfig),
     "latino": (LatinoSampler, LatinoConfig),
+    "latino-pro": (LatinoProSampler, LatinoProConfig),
+    "tds": (TDSSampler, TDSConfig),
+    "smc-anneal": (AnnealSampler, AnnealConfig),
+    "map-hqs": (HQSSampler, HQSConfig),
+    "map-admm": (ADMMSampler, ADMMConfig),
+    "map-latent": (LatentMAPSampler, LatentMAPConfig),
 }
 SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
 # kind -> config dataclass: its fields are the kind's keys, its docstring their documentation (`uqc kinds`)
 SAMPLER_CONFIGS: dict[str, type] = {kind: config for kind, (_, config) in _REGISTRY.items()}
+# kinds that return one point estimate per chain (one draw, no posterior): never calibrated, compared with the posterior mean
+POINT_ESTIMATE_KINDS: tuple[str, ...] = ("map-hqs", "map-admm", "map-latent")
 
 
 def build_sampler(spec: Mapping[str, Any]) -> Sampler:
@@ -39,8 +54,6 @@ def build_sampler(spec: Mapping[str, Any]) -> Sampler:
     params = {key: value for key, value in spec.items() if key != "kind"}
     for key in params:
         require(key in allowed, f"unknown key {key!r} in the {kind} sampler spec; allowed keys: {', '.join(allowed) or 'none'}")
-    if "box" in params and params["box"] is not None:
-        params["box"] = tuple(params["box"])
     try:
         config = config_cls(**params)
     except TypeError as err:  # a value of the wrong type that __post_init__ could not compare

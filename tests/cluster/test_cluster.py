@@ -7,6 +7,7 @@ and the chunks that were done when a fault struck must never be written again.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 
 from uqcampaign.cluster.driver import run_campaign_ray
@@ -65,7 +67,7 @@ def _finish(thread: threading.Thread, box: dict[str, Any]) -> Any:
 
 
 def _last_run(location: str) -> dict[str, Any]:
-    return dict(zarr.open_group(location, mode="r").attrs)["ray"]["runs"][-1]
+    return json.loads(zarr.open_group(location, mode="r").attrs["ray"])["runs"][-1]
 
 
 def _alive_nodes() -> tuple[str, ...]:
@@ -178,6 +180,26 @@ def test_driver_sigkilled_then_resumed(ray_cluster, reference, campaign_factory,
     assert 0 < result.units_run < result.units_total == 12  # complete units were skipped
     store_checks.same(campaign.store_location, reference)
     store_checks.not_rewritten(before)
+
+
+def test_grown_campaign_on_ray_equals_one_run_at_the_final_size(ray_cluster, reference, campaign_factory, store_checks):
+    """More draws, chains and measurements on Ray: only the new work runs; the store equals, draw for
+    draw, the in-process run of the final size (``reference``)."""
+    path = campaign_factory(burn_in=BURN_IN)
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "chains": 4, "draws": 10, "data": {"simulate": {"count": 4}}}))
+    small = load_campaign(path)
+    first = run_campaign_ray(small, address=ray_cluster.address, workers=2, gpus_per_worker=1, progress=False)
+    assert first.units_run == 4
+    before = store_checks.done_chunks(small)
+    path.write_text(yaml.safe_dump(spec))  # the final size: 8 chains, 20 draws, 6 measurements
+    grown = load_campaign(path)
+    result = run_campaign_ray(grown, address=ray_cluster.address, workers=2, gpus_per_worker=1, progress=False)
+    assert "growing campaign 'ray-test' (draws 10 -> 20, chains 4 -> 8, measurements 4 -> 6)" in result.messages[0]
+    assert result.units_run == 12 and result.draws_written == 20 * 12 - 10 * 4  # every draw once
+    store_checks.same(grown.store_location, reference)
+    store_checks.not_rewritten(before)  # draws 10 end a chunk of 5: no chunk done before is written again
+    assert zarr.open_group(grown.store_location, mode="r")["y_obs"].shape[0] == 6
 
 
 def test_node_removed_mid_campaign(ray_cluster, reference, campaign_factory, store_checks):

@@ -129,15 +129,21 @@ def test_ssim_matches_the_definition(window: int) -> None:
     assert float(ssim(ref[0], ref[0], window=window)) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_ssim_matches_scikit_image_when_installed() -> None:
-    skm = pytest.importorskip("skimage.metrics")
+@pytest.mark.parametrize("window, sigma", [(11, 1.5), (7, 0.8)])
+def test_ssim_matches_scikit_image(window: int, sigma: float) -> None:
+    """scikit-image (a dependency) with Gaussian weights uses the window 2·int(3.5σ + 0.5) + 1: 11 for
+    σ = 1.5 (Wang et al. 2004), 7 for σ = 0.8; per channel, then the mean over channels."""
+    from skimage.metrics import structural_similarity
+
     g = torch.Generator().manual_seed(10)
-    ref = torch.rand(1, 32, 32, generator=g, dtype=F64)
-    x = (ref + 0.1 * torch.randn(1, 32, 32, generator=g, dtype=F64)).clamp(0, 1)
-    expected = skm.structural_similarity(
-        x[0].numpy(), ref[0].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
-    )
-    assert float(ssim(x, ref, window=11)) == pytest.approx(expected, abs=1e-10)
+    ref = torch.rand(2, 3, 32, 32, generator=g, dtype=F64)
+    x = (ref + 0.1 * torch.randn(2, 3, 32, 32, generator=g, dtype=F64)).clamp(0, 1)
+    got = ssim(x, ref, window=window, sigma=sigma)
+    for b in range(2):
+        expected = structural_similarity(
+            x[b].numpy(), ref[b].numpy(), data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=sigma, use_sample_covariance=False
+        )
+        assert float(got[b]) == pytest.approx(expected, abs=1e-10)
 
 
 def test_image_metrics_reject_bad_shapes() -> None:

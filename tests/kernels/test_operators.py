@@ -120,6 +120,47 @@ def test_prox_float32_runs_in_float32(operator_case, make_operator):
     assert _rel(got.double(), op.prox_data(u, y, 0.1, 0.5)) < 1e-4
 
 
+# --------------------------------------------------------------------------- measurement covariance σ²I + c A Aᵀ
+
+
+@pytest.mark.parametrize("img_shape", SHAPES)
+@pytest.mark.parametrize("c", [0.0, 0.02, 3.0, 2.5e4])  # the TDS twist scales (1 − ᾱ_t)/ᾱ_t from t = 0 to T
+def test_obs_cov_solve_and_logdet_equal_dense(operator_case, img_shape, c, make_operator):
+    op = make_operator(operator_case, img_shape)
+    mat = op.matrix()
+    s2 = 0.05**2
+    cov = s2 * torch.eye(mat.shape[0], dtype=F64) + c * mat @ mat.T
+    r = _randn((3, *op.obs_shape), 16)
+    got = op.obs_cov_solve(r, s2, c)
+    want = torch.linalg.solve(cov, r.reshape(3, -1).T).T
+    assert got.shape == r.shape
+    # exact forms; the dense solve (LU) and the generic eigh round at ~1e-16 × the condition number (≤ 1e7)
+    assert _rel(got.reshape(3, -1), want) < 1e-8
+    # a sum of m logarithms, each rounded by dense LU / eigh at ~1e-16 × the condition number (≤ 1e7)
+    tol = 1e-9 * mat.shape[0]
+    assert op.obs_cov_logdet(s2, c) == pytest.approx(float(torch.linalg.slogdet(cov)[1]), rel=0, abs=tol)
+    # the generic fallback (dense eigendecomposition) agrees with each family's closed form
+    assert _rel(LinearOperator.obs_cov_solve(op, r, s2, c), got) < 1e-8
+    assert LinearOperator.obs_cov_logdet(op, s2, c) == pytest.approx(op.obs_cov_logdet(s2, c), rel=0, abs=tol)
+
+
+def test_obs_cov_solve_float32_has_no_cancellation(operator_case, make_operator):
+    """At c/σ² = 1e7 (the twist at t ≈ T) float32 keeps ~1e-6: no difference of near-equal terms."""
+    op = make_operator(operator_case, (1, 8, 8))
+    r = _randn((2, *op.obs_shape), 17)
+    want = op.obs_cov_solve(r, 0.05**2, 2.5e4)
+    got = op.to(dtype=torch.float32).obs_cov_solve(r.float(), 0.05**2, 2.5e4)
+    assert got.dtype == torch.float32 and _rel(got.double(), want) < 1e-4
+
+
+def test_obs_cov_refuses_bad_scales(make_operator):
+    op = make_operator("blur", (1, 8, 8))
+    with pytest.raises(UQError, match="s2"):
+        op.obs_cov_logdet(0.0, 1.0)
+    with pytest.raises(UQError, match="scale c"):
+        op.obs_cov_solve(torch.zeros(1, 1, 8, 8), 1.0, -1.0)
+
+
 # --------------------------------------------------------------------------- pinv and norm
 
 

@@ -12,18 +12,33 @@ import pytest
 import torch
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.kernels.problems import random_problem
+from uqcampaign.kernels.problems import random_conditional_problem, random_problem
 from uqcampaign.kernels.rng import unit_generator
 from uqcampaign.kernels.samplers.base import Draw, Sampler
-from uqcampaign.kernels.samplers.registry import SAMPLER_KINDS, build_sampler
+from uqcampaign.kernels.samplers.registry import POINT_ESTIMATE_KINDS, SAMPLER_KINDS, build_sampler
+
+# posterior samplers: the point estimates (one draw per chain, their own API tests in test_map.py) are left out
+POSTERIOR_KINDS = tuple(kind for kind in SAMPLER_KINDS if kind not in POINT_ESTIMATE_KINDS)
 
 # Small, fast settings of every kind: enough to exercise the code paths.
 FAST = {
     "exact": {"kind": "exact"},
     "ula": {"kind": "ula", "burn_in": 5, "thin": 2},
+    "skrock": {"kind": "skrock", "burn_in": 2, "thin": 1, "stages": 3},
     "dps": {"kind": "dps", "steps": 20},
     "latino": {"kind": "latino", "steps": 3},
+    "latino-pro": {"kind": "latino-pro", "iterations": 2, "steps": 2, "final_steps": 2, "radius": 2.0},
+    "tds": {"kind": "tds", "runs": 2, "particles": 8, "steps": 5},
+    "smc-anneal": {"kind": "smc-anneal", "runs": 2, "particles": 8, "steps": 5},
 }
+# latino-pro estimates the prior's condition: it runs on a conditional GMM problem of the same size
+CONDITIONAL = {torch.float64: random_conditional_problem("blur", seed=5).problem,
+               torch.float32: random_conditional_problem("inpaint", seed=1, dtype=torch.float32).problem}
+
+
+def _for(kind, problem):
+    """The problem a kind runs on: ``problem``, or a conditional one (same dtype) for latino-pro."""
+    return CONDITIONAL[problem.y.dtype] if kind == "latino-pro" else problem
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +53,7 @@ def _run(spec, problem, n_chains=3, n_draws=2, seed=0, generator=None):
 
 
 def test_sampler_kinds_are_registered():
-    assert SAMPLER_KINDS == ("exact", "ula", "dps", "latino")
+    assert SAMPLER_KINDS == ("exact", "ula", "skrock", "dps", "latino", "latino-pro", "tds", "smc-anneal", "map-hqs", "map-admm", "map-latent")
     for kind in SAMPLER_KINDS:
         sampler = build_sampler({"kind": kind})
         assert isinstance(sampler, Sampler)
@@ -47,8 +62,9 @@ def test_sampler_kinds_are_registered():
         assert build_sampler(sampler.describe()).describe() == sampler.describe()  # describe() rebuilds it
 
 
-@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+@pytest.mark.parametrize("kind", POSTERIOR_KINDS)
 def test_run_streams_draws_of_the_right_shape(kind, problem):
+    problem = _for(kind, problem)
     draws = _run(FAST[kind], problem, n_chains=3, n_draws=2)
     assert [d.index for d in draws] == [0, 1]
     for draw in draws:
@@ -60,8 +76,8 @@ def test_run_streams_draws_of_the_right_shape(kind, problem):
 
 def test_dtype_follows_y():
     p32 = random_problem("inpaint", "gaussian", seed=1, dtype=torch.float32)
-    for kind in SAMPLER_KINDS:
-        draws = _run(FAST[kind], p32, n_chains=2, n_draws=1)
+    for kind in POSTERIOR_KINDS:
+        draws = _run(FAST[kind], _for(kind, p32), n_chains=2, n_draws=1)
         assert draws[0].x.dtype == torch.float32, kind
 
 
@@ -69,11 +85,17 @@ def test_nfe_is_counted(problem):
     ula = [d.nfe for d in _run({"kind": "ula", "burn_in": 7, "thin": 3}, problem, n_draws=3)]
     assert ula == [7 + 3, 3, 3]  # burn-in charged to draw 0
     assert build_sampler({"kind": "ula", "thin": 3}).nfe_per_draw() == 3
+    skrock = [d.nfe for d in _run({"kind": "skrock", "burn_in": 7, "thin": 3, "stages": 4}, problem, n_draws=3)]
+    assert skrock == [4 * (7 + 3), 4 * 3, 4 * 3]  # stages calls per iteration, burn-in charged to draw 0
+    assert build_sampler({"kind": "skrock", "thin": 3}).nfe_per_draw() == 30
     assert [d.nfe for d in _run({"kind": "dps", "steps": 20}, problem)] == [20, 20]
     assert build_sampler({"kind": "dps", "steps": 20}).nfe_per_draw() == 20
     assert [d.nfe for d in _run({"kind": "latino", "steps": 4}, problem)] == [4, 4]
     assert build_sampler({"kind": "latino"}).nfe_per_draw() == 8
     assert [d.nfe for d in _run({"kind": "exact"}, problem)] == [0, 0]
+    # SMC: runs × particles × steps calls per unit, charged to draw 0 per chain (3 chains here)
+    assert [d.nfe for d in _run(FAST["tds"], problem)] == [round(2 * 8 * 5 / 3), 0]
+    assert build_sampler(FAST["tds"]).nfe_per_draw() == 5
 
 
 def test_denoiser_calls_match_nfe(problem):
@@ -94,15 +116,20 @@ def test_denoiser_calls_match_nfe(problem):
         consistency = denoise
 
     counted = Counting(problem.prior)
-    for spec in (FAST["ula"], FAST["dps"], FAST["latino"]):
+    for spec in (FAST["ula"], FAST["skrock"], FAST["dps"], FAST["latino"]):
         calls.clear()
         sampler = build_sampler(spec)
         draws = list(sampler.run(problem.y, problem.operator, counted, problem.sigma, 2, 3, torch.Generator().manual_seed(0)))
         assert len(calls) == sum(d.nfe for d in draws), spec
+    for spec in (FAST["tds"], FAST["smc-anneal"]):  # one batched call per step for all runs × particles
+        calls.clear()
+        draws = list(build_sampler(spec).run(problem.y, problem.operator, counted, problem.sigma, 2, 4, torch.Generator().manual_seed(0)))
+        assert len(calls) == spec["steps"] and sum(d.nfe for d in draws) * 2 == spec["runs"] * spec["particles"] * spec["steps"]
 
 
-@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+@pytest.mark.parametrize("kind", POSTERIOR_KINDS)
 def test_same_seed_same_draws(kind, problem):
+    problem = _for(kind, problem)
     a = _run(FAST[kind], problem, seed=3)
     b = _run(FAST[kind], problem, seed=3)
     c = _run(FAST[kind], problem, seed=4)
@@ -111,10 +138,11 @@ def test_same_seed_same_draws(kind, problem):
     assert not torch.equal(a[-1].x, c[-1].x)
 
 
-@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+@pytest.mark.parametrize("kind", POSTERIOR_KINDS)
 def test_recomputed_unit_gives_identical_draws(kind, problem):
     """A work unit redone from its (campaign seed, measurement, block) generator is bit-identical,
     and the global RNG plays no part."""
+    problem = _for(kind, problem)
     first = _run(FAST[kind], problem, generator=unit_generator(11, measurement=2, block=1))
     torch.manual_seed(12345)
     torch.rand(10)  # disturb the global RNG: it must not matter
@@ -151,10 +179,21 @@ def test_dps_chains_are_independent(problem):
         ({"kind": "ula", "thin": 0}, ["thin"]),
         ({"kind": "ula", "box": [1.0, 0.0]}, ["box"]),
         ({"kind": "ula", "box": "x"}, ["box", "lo < hi"]),
+        ({"kind": "ula", "box_rule": "clip"}, ["box_rule", "penalty", "project"]),
+        ({"kind": "ula", "init": "zero"}, ["init", "prior", "pinv"]),
+        ({"kind": "skrock", "stages": 1}, ["stages", ">= 2"]),
+        ({"kind": "skrock", "eta": 0.0}, ["eta"]),
+        ({"kind": "skrock", "box": [0.0]}, ["skrock box"]),
         ({"kind": "dps", "zeta": -0.1}, ["zeta"]),
         ({"kind": "dps", "steps": 0}, ["steps"]),
         ({"kind": "latino", "delta": 0}, ["delta"]),
         ({"kind": "latino", "steps": 2.5}, ["steps"]),
+        ({"kind": "tds", "runs": 0}, ["runs"]),
+        ({"kind": "tds", "steps": 1}, ["steps"]),
+        ({"kind": "tds", "pool": "best"}, ["pool", "equal", "evidence"]),
+        ({"kind": "smc-anneal", "variance": "huge"}, ["variance", "small", "large"]),
+        ({"kind": "smc-anneal", "ess_threshold": 2}, ["ess_threshold"]),
+        ({"kind": "smc-anneal", "batch": 0}, ["batch"]),
         ("ula", ["mapping"]),
     ],
 )
@@ -165,20 +204,22 @@ def test_bad_specs_are_named(spec, words):
         assert word in str(err.value)
 
 
-def test_step_above_stability_bound_is_refused(problem):
-    sampler = build_sampler({"kind": "ula"})
+@pytest.mark.parametrize("kind", ["ula", "skrock"])
+def test_step_above_stability_bound_is_refused(kind, problem):
+    sampler = build_sampler({"kind": kind})
     bound = sampler.parameters(problem.operator, problem.prior, problem.sigma).bound
     auto = sampler.parameters(problem.operator, problem.prior, problem.sigma).delta
     assert math.isclose(auto, bound / 3)
-    too_big = build_sampler({"kind": "ula", "step": 1.5 * bound})
+    too_big = build_sampler({"kind": kind, "step": 1.5 * bound})
     with pytest.raises(UQError, match="stability bound"):
         too_big.run(problem.y, problem.operator, problem.prior, problem.sigma, 2, 1, torch.Generator())
-    ok = build_sampler({"kind": "ula", "step": 0.9 * bound, "burn_in": 1, "thin": 1})
+    ok = build_sampler({"kind": kind, "step": 0.9 * bound, "burn_in": 1, "thin": 1})
     assert len(list(ok.run(problem.y, problem.operator, problem.prior, problem.sigma, 2, 1, torch.Generator()))) == 1
 
 
-@pytest.mark.parametrize("kind", SAMPLER_KINDS)
+@pytest.mark.parametrize("kind", POSTERIOR_KINDS)
 def test_bad_run_inputs_raise_before_any_work(kind, problem):
+    problem = _for(kind, problem)
     sampler = build_sampler(FAST[kind])
     g = torch.Generator()
     args = (problem.operator, problem.prior)
@@ -223,7 +264,7 @@ class _LatentStub:
         return self._prior.denoise(x_t, t)
 
 
-@pytest.mark.parametrize("kind", ["ula", "dps"])
+@pytest.mark.parametrize("kind", ["ula", "skrock", "dps", "tds", "smc-anneal"])
 def test_latent_prior_refused_by_pixel_samplers(kind, problem):
     with pytest.raises(UQError, match="latent"):
         build_sampler(FAST[kind]).run(problem.y, problem.operator, _LatentStub(problem.prior), problem.sigma, 2, 1, torch.Generator())

@@ -1,8 +1,9 @@
-"""PnP-ULA against the exact posterior (issue 3), its step-size rule, and the multimodal trap.
+"""PnP-ULA against the exact posterior (issue 3), its step-size rule, both box rules, and the multimodal trap.
 
 Statistical part: Gaussian priors, held-out seed 2, 1024 independent chains, one draw each
 after the burn-in, float64, 16 pixels, σ = 0.05. Issue 3's band: SW ≤ 2 × floor and
-90%-interval mass in [0.86, 0.94]. Figures are printed (``pytest -s``).
+90%-interval mass in [0.86, 0.94]. Figures are printed (``pytest -s``). The chains start at
+``pinv(y)`` (``init: pinv``): the burn-in must forget it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from uqcampaign.kernels.problems import multimodal_problem, random_problem, score_samples
 from uqcampaign.kernels.samplers.registry import build_sampler
-from uqcampaign.kernels.samplers.ula import ULAConfig, ULAState, step, ula_parameters
+from uqcampaign.kernels.samplers.langevin import ChainState
+from uqcampaign.kernels.samplers.ula import ULAConfig, step, ula_parameters
 
 SEED = 2
 N_CHAINS = 1024
@@ -40,7 +42,7 @@ def test_ula_against_exact_posterior(operator_kind, prior_kind):
     delta = ula_parameters(ULAConfig(box=None), problem.operator, problem.prior, problem.sigma).delta
     slowest = _slowest_variance(problem)
     burn_in = math.ceil(RELAXATIONS * slowest / delta)
-    sampler = build_sampler({"kind": "ula", "burn_in": burn_in, "thin": 1, "box": None})
+    sampler = build_sampler({"kind": "ula", "burn_in": burn_in, "thin": 1, "box": None, "init": "pinv"})
     draw = next(iter(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, N_CHAINS, 1, torch.Generator().manual_seed(0))))
     score = score_samples(problem, draw.x)
     print(f"\n[ula] {prior_kind:8s} {operator_kind:8s} burn_in = {burn_in}  SW/floor = {score.ratio:.2f}  mass90 = {score.mass:.3f}  std ratio = {score.std_ratio:.2f}")
@@ -49,16 +51,18 @@ def test_ula_against_exact_posterior(operator_kind, prior_kind):
 
 
 @pytest.mark.slow
-def test_projected_ula_default_settings_against_exact_posterior():
-    """The default (projected, box [-1, 2], δ by the paper's rule) on one problem, 256 chains."""
+@pytest.mark.parametrize("box_rule", ["penalty", "project"])
+def test_ula_box_rules_against_exact_posterior(box_rule):
+    """The default box (auto: the prior's support) under both rules, δ by the paper's rule, on one
+    problem, 256 chains: Algorithm 1 (penalty) and Algorithm 2 (project) of Laumont et al."""
     problem = random_problem("blur", "gaussian", seed=SEED)
-    delta = ula_parameters(ULAConfig(), problem.operator, problem.prior, problem.sigma).delta
+    delta = ula_parameters(ULAConfig(box_rule=box_rule), problem.operator, problem.prior, problem.sigma).delta
     slowest = _slowest_variance(problem)
     burn_in = math.ceil(RELAXATIONS * slowest / delta)
-    sampler = build_sampler({"kind": "ula", "burn_in": burn_in, "thin": 1})
+    sampler = build_sampler({"kind": "ula", "burn_in": burn_in, "thin": 1, "box_rule": box_rule, "init": "pinv"})
     draw = next(iter(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, 256, 1, torch.Generator().manual_seed(0))))
     score = score_samples(problem, draw.x)
-    print(f"\n[ula] projected (default) gaussian blur  burn_in = {burn_in}  SW/floor = {score.ratio:.2f}  mass90 = {score.mass:.3f}")
+    print(f"\n[ula] box auto, {box_rule} rule, gaussian blur  burn_in = {burn_in}  SW/floor = {score.ratio:.2f}  mass90 = {score.mass:.3f}")
     assert score.ratio <= 2.0
     assert 0.86 <= score.mass <= 0.94
 
@@ -74,22 +78,37 @@ def test_step_rule_of_laumont_et_al():
     assert params.delta == pytest.approx((1 / 3) / (lipschitz_y + 1 / params.lam + 1 / params.epsilon))
     plain = ula_parameters(ULAConfig(box=None), problem.operator, problem.prior, problem.sigma)
     assert plain.delta == pytest.approx((1 / 3) / (lipschitz_y + 1 / plain.epsilon))
+    # Algorithm 2 (project): the box adds no drift, so no 1/λ in the bound
+    projected = ula_parameters(ULAConfig(box_rule="project"), problem.operator, problem.prior, problem.sigma)
+    assert projected.delta == pytest.approx(plain.delta)
+    assert projected.box is not None
 
 
-def test_box_term_pulls_chains_back():
-    """(δ/λ)(Π_C(x) − x): zero inside C, a pull of δ/λ times the distance outside."""
+def test_box_rules_penalty_pulls_and_project_clamps():
+    """Penalty (Algorithm 1): (δ/λ)(Π_C(x) − x) in the drift, zero inside C, a pull of δ/λ times the
+    distance outside. Project (Algorithm 2): the same update without that term, then Π_C."""
     problem = random_problem("inpaint", "gaussian", seed=SEED)
     y = problem.y.unsqueeze(0)
-    with_box = ula_parameters(ULAConfig(box=(0.0, 1.0)), problem.operator, problem.prior, problem.sigma)
-    no_box = ula_parameters(ULAConfig(box=None), problem.operator, problem.prior, problem.sigma)
-    no_box = type(no_box)(**{**no_box.__dict__, "delta": with_box.delta})  # same δ, no box
-    for x0, moved in ((torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), False), (torch.full((1, 1, 4, 4), 3.0, dtype=torch.float64), True)):
-        a, info = step(torch.Generator().manual_seed(0), ULAState(x0, 0), y, problem.operator, problem.prior, problem.sigma, with_box)
-        b, _ = step(torch.Generator().manual_seed(0), ULAState(x0, 0), y, problem.operator, problem.prior, problem.sigma, no_box)
-        if moved:
-            expected = (with_box.delta / with_box.lam) * (1.0 - x0)
+    op, prior, sigma = problem.operator, problem.prior, problem.sigma
+    penalty = ula_parameters(ULAConfig(box=(0.0, 1.0)), op, prior, sigma)
+    project = ula_parameters(ULAConfig(box=(0.0, 1.0), box_rule="project"), op, prior, sigma)
+    no_box = ula_parameters(ULAConfig(box=None), op, prior, sigma)
+    same_delta = {"delta": penalty.delta}
+    project = type(project)(**{**project.__dict__, **same_delta})
+    no_box = type(no_box)(**{**no_box.__dict__, **same_delta})
+
+    def one_step(x0, params):
+        return step(torch.Generator().manual_seed(0), ChainState(x0, 0), y, op, prior, sigma, params)
+
+    for x0, outside in ((torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), False), (torch.full((1, 1, 4, 4), 3.0, dtype=torch.float64), True)):
+        a, info = one_step(x0, penalty)
+        b, _ = one_step(x0, no_box)
+        c, info_c = one_step(x0, project)
+        assert torch.equal(c.x, b.x.clamp(0.0, 1.0))  # project: Π_C of the plain update
+        if outside:
+            expected = (penalty.delta / penalty.lam) * (1.0 - x0)
             assert torch.allclose(a.x - b.x, expected)
-            assert info.outside_box == 1.0
+            assert info.outside_box == 1.0 and info_c.outside_box == 1.0  # every pixel of the update is outside C
         else:
             assert torch.equal(a.x, b.x)
 
@@ -102,7 +121,7 @@ def test_multimodal_posterior_traps_ula_chains():
     assert torch.allclose(problem.posterior.weights, torch.tensor([0.5, 0.5], dtype=torch.float64), atol=0.05)
     missing = problem.operator.weights.expand(problem.operator.img_shape) == 0
     chains, draws = 16, 20
-    sampler = build_sampler({"kind": "ula", "burn_in": 300, "thin": 100})
+    sampler = build_sampler({"kind": "ula", "burn_in": 300, "thin": 100, "init": "pinv"})
     xs = torch.stack([d.x for d in sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, chains, draws, torch.Generator().manual_seed(0))], 1)
     level = xs[:, :, missing].mean(-1)  # (chain, draw): mean over the missing pixels, ≈ ±0.4 in a mode
     side = torch.sign(level)

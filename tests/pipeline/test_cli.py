@@ -94,10 +94,10 @@ def test_refused_sampler_writes_no_store(write_campaign) -> None:
 def test_force_with_a_bad_campaign_keeps_the_old_store(write_campaign, tmp_path: Path) -> None:
     run_campaign(load_campaign(write_campaign("a.yaml", name="first")), progress=False)
     bad_sampler = write_campaign("b.yaml", name="second", sampler={"kind": "ula", "step": 10, "burn_in": 1, "thin": 1})
-    assert "stability bound" in _one_line_error(["run", str(bad_sampler), "--in-process", "--force"])
+    assert "stability bound" in _one_line_error(["run", str(bad_sampler), "--in-process", "--force", "--delete-draws"])
     np.save(tmp_path / "y.npy", np.zeros((2, 1, 8, 7), np.float32))
     bad_data = write_campaign("c.yaml", name="third", data={"y": "y.npy"})
-    assert "data.y has shape" in _one_line_error(["run", str(bad_data), "--in-process", "--force"])
+    assert "data.y has shape" in _one_line_error(["run", str(bad_data), "--in-process", "--force", "--delete-draws"])
     result = runner.invoke(app, ["inspect", str(tmp_path / "store.zarr")])
     assert result.exit_code == 0 and "campaign: first" in result.output and "84/84 chain-draws" in result.output
 
@@ -107,9 +107,13 @@ def test_store_of_another_campaign(write_campaign) -> None:
     second = write_campaign("b.yaml", name="second", seed=9)
     line = _one_line_error(["run", str(second), "--in-process"])
     assert "campaign 'first'" in line and "--force" in line
-    result = runner.invoke(app, ["run", str(second), "--in-process", "--force", "--no-progress"])
+    assert "seed 3 -> 9" in line  # the key that differs
+    line = _one_line_error(["run", str(second), "--in-process", "--force", "--no-progress"])  # --force alone deletes no draws
+    assert "--force would delete the 84 chain-draws of campaign 'first'" in line and "add --delete-draws to confirm" in line
+    assert "campaign: first" in runner.invoke(app, ["inspect", str(second.parent / "store.zarr")]).stdout  # kept
+    result = runner.invoke(app, ["run", str(second), "--in-process", "--force", "--delete-draws", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "--force: removing" in result.stderr and "campaign 'first'" in result.stderr
+    assert "--force --delete-draws: removing" in result.stderr and "campaign 'first'" in result.stderr
 
 
 def test_read_only_store_location(write_campaign) -> None:
@@ -203,10 +207,13 @@ def test_run_inspect_reduce_report_maps(write_campaign, tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", store])
     assert result.exit_code == 0, result.output
     assert "tiny" in result.stdout and "84/84 chain-draws" in result.stdout and "absent" in result.stdout
-    result = runner.invoke(app, ["maps", store, "--out", str(tmp_path / "maps")])  # no summary yet: maps reduces first
+    assert "has no summary" in _one_line_error(["maps", store, "--out", str(tmp_path / "maps")])  # maps never reduce unasked
+    assert "has no summary" in _one_line_error(["report", store])
+    result = runner.invoke(app, ["maps", store, "--out", str(tmp_path / "maps"), "--reduce"])  # asked: reduce first, and say so
     assert result.exit_code == 0, result.output
+    assert "reducing it first (--reduce)" in result.stderr
     assert list((tmp_path / "maps").glob("*.png"))
-    assert "present" in runner.invoke(app, ["inspect", store]).stdout
+    assert "present, up to date (84 chain-draws)" in runner.invoke(app, ["inspect", store]).stdout
     assert runner.invoke(app, ["reduce", store, "--level", "0.8"]).exit_code == 0
     assert runner.invoke(app, ["report", store]).exit_code == 0
     assert "outside (0, 1)" in _one_line_error(["reduce", store, "--level", "1.5"])

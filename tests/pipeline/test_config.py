@@ -57,15 +57,19 @@ def test_default_chunks_and_remainders(write_campaign) -> None:
 
 
 def test_config_hash_covers_only_what_changes_draws(write_campaign) -> None:
+    """The hash covers what determines each draw; the sizes a campaign may grow in are not part of it."""
     def hash_of(**overrides) -> str:
         return load_campaign(write_campaign("h.yaml", **overrides)).config_hash()
 
     base = hash_of()
     assert hash_of(name="other", store="elsewhere.zarr", reduce={"level": 0.5}, cluster={"address": "auto"}) == base
+    assert hash_of(storage_options={"anon": True}) == base
+    assert hash_of(draws=8, chains=8, data={"simulate": {"count": 5}}) == base  # a grown campaign
     assert hash_of(seed=4) != base
-    assert hash_of(draws=8) != base
     assert hash_of(noise={"sigma": 0.2}) != base
     assert hash_of(sampler={"kind": "ula"}) != base
+    assert hash_of(chunks={"chains": 2, "draws": 3}) != base
+    assert hash_of(data={"y": "y.npy"}) != base  # another data source
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_kinds_lists_every_group() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["kinds", "sampler", "ula"], ["Laumont", "burn_in", "500", "thin", "10", "box", "[-1, 2]", "float or str", "auto"]),
+        (["kinds", "sampler", "ula"], ["Laumont", "burn_in", "500", "thin", "10", "box", "box_rule", "penalty", "init", "prior", "float or str", "auto"]),
         (["kinds", "ula"], ["sampler ula:", "epsilon"]),
         (["kinds", "operator", "blur"], ["sigma", "2", "size", "9", "int", "Reference:"]),
         (["kinds", "operator", "matrix"], ["file", "path", "required"]),

@@ -125,7 +125,7 @@ def test_sheet_axes_titles_and_colourbars(reduced_store: Callable[..., Path], ch
 def test_y_is_pinv_in_image_space(reduced_store: Callable[..., Path]) -> None:
     view = open_summary(reduced_store())
     maps = next(iter_measurement_maps(view))
-    y = np.asarray(view.root["y"][0])
+    y = np.asarray(view.root["y_obs"][0])
     np.testing.assert_allclose(maps.y_image, y, atol=1e-6)  # inpaint: pinv(y) = mask ⊙ y = y
     assert maps.hidden.sum() == round(0.4 * H * W) and (maps.y_image[maps.hidden] == 0).all()
     panel = next(p for p in sheet_panels(maps) if p.key == "y")
@@ -144,17 +144,19 @@ def test_rhat_scale_marks_thresholds(reduced_store: Callable[..., Path]) -> None
 
 def test_missing_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = write_layout_store(tmp_path / "s.zarr", summary=False, measurements=1)
-    with pytest.raises(UQError, match=r"uqc reduce .*s\.zarr"):
-        write_maps(store, tmp_path / "maps", reduce_if_missing=False)
-    calls = []
+    with pytest.raises(UQError, match=r"has no summary: run `uqc reduce .*s\.zarr` \(or pass --reduce\)"):
+        write_maps(store, tmp_path / "maps")
+    assert not (store / "summary").exists() and not list((tmp_path / "maps").glob("*.png"))  # maps never reduce unasked
+    calls, said = [], []
 
     def counting_reduce(target, **kwargs):
         calls.append(target)
         return reduce_store(target, **kwargs)
 
     monkeypatch.setattr(reduce_module, "reduce_store", counting_reduce)
-    paths = write_maps(store, tmp_path / "maps")
-    assert calls == [store] and len(paths) == 8
+    paths = write_maps(store, tmp_path / "maps", reduce=True, say=said.append)
+    assert len(calls) == 1 and len(paths) == 8
+    assert said == [f"store {store} has no summary: reducing it first (--reduce)"]
     assert "summary" in zarr.open_group(store, mode="r")  # reduced and consolidated
 
 

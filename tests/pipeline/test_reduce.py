@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -47,14 +48,17 @@ def write_store(
     cc, cd = chunks
     done = np.full((m, chains), draws, dtype=np.int32) if done is None else done.astype(np.int32)
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    campaign = {"name": "t", "chains": chains, "draws": draws, "noise": {"sigma": sigma}, "reduce": {"level": level}, "operator": op_spec}
     g.attrs.update(
         {
             "uqcampaign_version": "test",
-            "campaign": {"name": "t", "chains": chains, "draws": draws, "noise": {"sigma": sigma}, "reduce": {"level": level}, "operator": op_spec},
+            "layout": 2,
+            "campaign": json.dumps(campaign),
             "config_hash": "test",
-            "operator": op_spec,
+            "operator": json.dumps(op_spec),
             "img_shape": [c, h, w],
-            "initialized": True,
+            "sizes": json.dumps({"measurement": m, "chain": chains, "draw": draws}),
+            "initialized": 1,
         }
     )
     arr = g.create_array("samples", shape=samples.shape, chunks=(1, cc, cd, c, h, w), dtype="float32", fill_value=np.nan,
@@ -65,7 +69,7 @@ def write_store(
                 if done[i, j : j + cc].min() >= min(k + cd, draws):
                     arr[i, j : j + cc, k : k + cd] = samples[i, j : j + cc, k : k + cd]
     g.create_array("draws_done", data=done, chunks=(1, cc), dimension_names=["measurement", "chain"])
-    g.create_array("y", data=y.astype(np.float32), chunks=(1, *y.shape[1:]), dimension_names=["measurement", "obs_channel", "obs_y", "obs_x"])
+    g.create_array("y_obs", data=y.astype(np.float32), chunks=(1, *y.shape[1:]), dimension_names=["measurement", "obs_channel", "obs_y", "obs_x"])
     if x_true is not None:
         g.create_array("x_true", data=x_true.astype(np.float32), chunks=(1, c, h, w), dimension_names=["measurement", "channel", "y", "x"])
     return g

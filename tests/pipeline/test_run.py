@@ -124,4 +124,4 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(write_campaign, tmp_pat
     ref, new = zarr.open_group(reference.store_location, mode="r"), zarr.open_group(store, mode="r")
     assert (np.asarray(new["draws_done"][...]) == 24).all()
     np.testing.assert_array_equal(new["samples"][...], ref["samples"][...])
-    np.testing.assert_array_equal(new["y"][...], ref["y"][...])
+    np.testing.assert_array_equal(new["y_obs"][...], ref["y_obs"][...])

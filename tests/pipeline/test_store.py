@@ -17,6 +17,7 @@ from zarr.storage import LocalStore
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.config import load_campaign
 from uqcampaign.pipeline.runner import prepare_store, run_campaign
+from uqcampaign.pipeline.reduce import reduce_store
 from uqcampaign.pipeline.store import mark_done, open_store, read_unit_stats, write_draw_block
 from uqcampaign.pipeline.units import Unit, run_unit
 
@@ -30,13 +31,16 @@ def test_layout_dims_chunks_attrs(write_campaign) -> None:
     assert samples.dtype == np.float32 and np.isnan(samples.fill_value)
     assert samples.metadata.dimension_names == ("measurement", "chain", "draw", "channel", "y", "x")
     assert group["draws_done"].chunks == (1, 4) and group["draws_done"].dtype == np.int32
-    assert group["y"].metadata.dimension_names == ("measurement", "obs_channel", "obs_y", "obs_x")
+    assert group["y_obs"].metadata.dimension_names == ("measurement", "obs_channel", "obs_y", "obs_x")
     assert group["x_true"].metadata.dimension_names == ("measurement", "channel", "y", "x")
     assert group["units/seconds"].shape == (2, 2) and group["units/worker"].shape == (2, 2, 64)
     attrs = dict(group.attrs)
-    assert attrs["config_hash"] == campaign.config_hash() and attrs["campaign"]["name"] == "tiny"
-    assert attrs["sampler"] == {"kind": "exact"} and attrs["operator"]["kind"] == "inpaint"
-    assert attrs["prior"]["kind"] == "gaussian" and attrs["initialized"] is True
+    assert all(isinstance(v, (str, int, float, list)) for v in attrs.values()), attrs  # JSON strings or scalars
+    campaign_attr = json.loads(attrs["campaign"])
+    assert attrs["config_hash"] == campaign.config_hash() and campaign_attr["name"] == "tiny" and "storage_options" not in campaign_attr
+    assert json.loads(attrs["sampler"]) == {"kind": "exact"} and json.loads(attrs["operator"])["kind"] == "inpaint"
+    assert json.loads(attrs["prior"])["kind"] == "gaussian" and attrs["initialized"] == 1 and attrs["layout"] == 2
+    assert json.loads(attrs["sizes"]) == {"measurement": 2, "chain": 6, "draw": 7}
     assert attrs["uqcampaign_version"] and attrs["created"]
     assert (np.asarray(group["draws_done"][...]) == 7).all()
     assert np.isfinite(samples[...]).all()
@@ -52,6 +56,39 @@ def test_layout_dims_chunks_attrs(write_campaign) -> None:
     assert ds.sizes["measurement"] == 2 and ds.sizes["chain"] == 6 and ds.sizes["draw"] == 7
 
 
+def test_xarray_selects_by_coordinates_and_round_trips_to_netcdf(write_campaign, tmp_path: Path) -> None:
+    """No variable shares a dimension's name; every dimension has coordinates; attrs survive netCDF."""
+    campaign = load_campaign(write_campaign())
+    run_campaign(campaign, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(campaign.store_location)
+    for dim, n in {"measurement": 2, "chain": 6, "draw": 7, "channel": 1, "y": 8, "x": 8, "obs_y": 8}.items():
+        assert ds.indexes[dim].tolist() == list(range(n)), dim
+        assert ds[dim].attrs["long_name"]
+    row = ds.sel(y=5)  # raised "Could not automatically create PandasIndex" while the measurements were named y
+    assert row["samples"].dims == ("measurement", "chain", "draw", "channel", "x")
+    np.testing.assert_array_equal(row["samples"].values, ds["samples"].values[:, :, :, :, 5])
+    np.testing.assert_array_equal(ds.sel(measurement=1, chain=3, draw=2)["samples"].values, ds["samples"].values[1, 3, 2])
+    assert ds["samples"].attrs["long_name"] == "posterior sample of the image x"
+    assert ds["draws_done"].attrs["units"] == "1" and "long_name" in ds["y_obs"].attrs
+    assert "level" not in ds.attrs
+    out = tmp_path / "store.nc"
+    ds.to_netcdf(out)  # raised TypeError on the nested dict attribute 'campaign'
+    back = xr.open_dataset(out)
+    assert back.attrs["campaign"] == ds.attrs["campaign"] and json.loads(back.attrs["campaign"])["name"] == "tiny"
+    np.testing.assert_array_equal(back["samples"].values, ds["samples"].values)
+    np.testing.assert_array_equal(back["y_obs"].values, ds["y_obs"].values)
+    assert back.indexes["draw"].tolist() == list(range(7))
+    back.close()
+    reduce_store(campaign.store_location, progress=False)
+    summary = xr.open_zarr(campaign.store_location, group="summary")
+    assert summary.indexes["y"].tolist() == list(range(8)) and summary.indexes["chain"].tolist() == list(range(6))
+    assert "level" not in summary["mean"].attrs and "level" not in summary["std"].attrs  # the stray level is gone
+    assert summary["ci_lower"].attrs["level"] == 0.9 and summary["rhat"].attrs["long_name"]
+    summary.to_netcdf(tmp_path / "summary.nc")
+
+
 def test_other_campaign_refused_and_force_says_what_it_removes(write_campaign) -> None:
     first = load_campaign(write_campaign("a.yaml", name="first"))
     run_campaign(first, progress=False)
@@ -61,9 +98,14 @@ def test_other_campaign_refused_and_force_says_what_it_removes(write_campaign) -
     message = str(info.value)
     assert "campaign 'first'" in message and "campaign 'second'" in message and "--force" in message
     assert first.config_hash()[:12] in message and second.config_hash()[:12] in message
-    _, messages, _ = prepare_store(second, force=True)
+    assert "seed 3 -> 11" in message  # the key that differs, with both values
+    with pytest.raises(UQError) as info:  # --force alone never deletes draws
+        prepare_store(second, force=True)
+    assert "--force would delete the 84 chain-draws of campaign 'first'" in str(info.value) and "--delete-draws" in str(info.value)
+    assert zarr.open_group(first.store_location, mode="r")["draws_done"][...].sum() == 84
+    _, messages, _ = prepare_store(second, force=True, delete_draws=True)
     assert len(messages) == 1 and "removing" in messages[0] and "'first'" in messages[0] and "84/84" in messages[0]
-    assert zarr.open_group(second.store_location, mode="r").attrs["campaign"]["name"] == "second"
+    assert json.loads(zarr.open_group(second.store_location, mode="r").attrs["campaign"])["name"] == "second"
 
 
 def test_same_campaign_reopens_without_force(write_campaign) -> None:
