@@ -151,11 +151,27 @@ def _load_campaign(path: Path) -> Any:
     return spec
 
 
+def _file_address(campaign: Path) -> Any:
+    """The campaign file's ``cluster.address``, parsed (an ``Address``), read before the rest is validated:
+    None when absent or not understood (``load_campaign`` then reports it with its line)."""
+    import yaml
+
+    from uqcampaign.pipeline.address import parse_address
+
+    try:
+        return parse_address(yaml.safe_load(campaign.read_text())["cluster"]["address"])
+    except Exception:  # absent, not a mapping, not YAML, not an address: the full load says what and where
+        return None
+
+
 @app.command()
 @handled
 def run(
     campaign: Path = typer.Argument(..., help="Campaign YAML file."),
-    address: Optional[str] = typer.Option(None, help="Ray address: local, auto, ray://host:10001 or in-process (default: the file's cluster.address)."),
+    address: Optional[str] = typer.Option(
+        None, help="Where to run: local (a Ray instance here), auto (the cluster `ray start` started here), HOST:PORT (a Ray head's GCS port), "
+        "ray://HOST:10001 (Ray Client) or in-process (no Ray); default: the file's cluster.address."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue a store of the same campaign (always safe: draws depend only on the seed)."),
     force: bool = typer.Option(False, "--force", help="Replace a store written by another campaign (says what it removes first)."),
     delete_draws: bool = typer.Option(
@@ -167,14 +183,23 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Run a campaign: sample every (measurement, chain block) unit into the store."""
+    from uqcampaign.pipeline.address import parse_address
+
+    where = parse_address(address) if address else _file_address(campaign)
+    if not in_process and where is not None and where.joins_ray:
+        from uqcampaign.pipeline.ray_join import prepare
+
+        # Before anything imports torch or Ray (Ray reads RAY_AUTH_MODE then): an unreachable
+        # cluster or an auth mismatch is one line in seconds, and the auth mode is set.
+        prepare(where)
     spec = _load_campaign(campaign)
-    address = address or spec.cluster.address
-    if in_process or address == "in-process":
+    where = parse_address(address or spec.cluster.address)
+    if in_process or where.kind == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
         result = run_campaign(spec, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=err_console)
     else:
-        if address == "local":
+        if where.kind == "local":
             from uqcampaign.cluster.connect import name_local_auth_mode
 
             name_local_auth_mode()  # before the driver's modules import Ray
@@ -253,7 +278,10 @@ def kinds(
 def reduce(
     store: str = typer.Argument(..., help="Store path or URL."),
     level: Optional[float] = typer.Option(None, help="Credible level of the intervals, in (0, 1) (default: the campaign's reduce.level)."),
-    address: Optional[str] = typer.Option(None, help="Dask distributed or Ray address for the reduction (default: threads here)."),
+    address: Optional[str] = typer.Option(
+        None, help="Where to reduce: threads here (default, or local), auto, HOST:PORT or ray://HOST:10001 (a Ray cluster, "
+        "Dask-on-Ray), tcp://HOST:8786 (a Dask distributed scheduler)."
+    ),
 ) -> None:
     """Reduce the draws into the summary/ group (mean, std, intervals, R-hat, ESS, chi2)."""
     if level is not None and not 0 < level < 1:

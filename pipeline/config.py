@@ -39,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from uqcampaign.kernels.errors import UQError, UQErrors
+from uqcampaign.pipeline.address import parse_address
 
 __all__ = [
     "Campaign",
@@ -119,7 +120,11 @@ class ChunkSpec(_Model):
 
 
 class ClusterSpec(_Model):
-    """``cluster``: where ``uqc run`` executes (used by the Ray driver, ignored in-process)."""
+    """``cluster``: where ``uqc run`` executes (used by the Ray driver, ignored in-process).
+
+    ``address``: ``local``, ``auto``, ``in-process``, ``host:port`` or ``ray://host:port``
+    (:mod:`uqcampaign.pipeline.address`, the grammar of ``uqc run --address`` too).
+    """
 
     address: str = "local"
     gpus_per_worker: float = Field(default=0.0, ge=0)
@@ -128,9 +133,10 @@ class ClusterSpec(_Model):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value not in ("local", "auto", "in-process") and not value.startswith("ray://"):
-            raise ValueError(f"got {value!r}; use local, auto, in-process or ray://host:port")
-        return value
+        try:
+            return parse_address(value).text
+        except UQError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("workers")
     @classmethod
