@@ -238,4 +238,7 @@ class LatentConsistencyPrior(NetworkPrior):
             "prediction_type": self.prediction_type,
             "latent_shape": list(self.latent_shape),
             "sample_steps": self.sample_steps,
+            # (1, L, D): latino-pro's store arrays are declared from it; SDXL's pair (embeds, pooled) has none
+            "condition_shape": None if isinstance(self.condition, tuple) else list(self.condition.shape),
+            "condition_shapes": [list(c.shape) for c in self.condition] if isinstance(self.condition, tuple) else None,
         }
