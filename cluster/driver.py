@@ -16,6 +16,11 @@ Steps of :func:`run_campaign_ray`:
    worker, starts a replacement) under a progress bar (chain-draws, draws/s, ETA);
 6. keep the run's Ray facts in the store's ``ray`` attribute (per-unit node/GPU are in
    ``units/worker``, see :func:`~.worker.worker_label`) and consolidate the metadata.
+
+A campaign with ``until:`` runs the round loop of :func:`~uqcampaign.pipeline.until.run_rounds`
+(the in-process runner's too): steps 4-5 run once per round with that round's draws (fresh
+workers each round, which load the prior again), and the driver checks convergence between rounds,
+reading the store.
 """
 
 from __future__ import annotations
@@ -197,15 +202,31 @@ def run_campaign_ray(
         check_store_reachable(campaign.store_location, connection)
         with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
             say = lambda text: console.print(text, markup=False)  # noqa: E731
+            opening = campaign
+            if campaign.until is not None:
+                from uqcampaign.pipeline.until import opening_campaign
+
+                opening = opening_campaign(campaign)  # an until store may hold more draws than the first round
             group, messages = open_campaign_store(
-                campaign, force=force, delete_draws=delete_draws, say=say, budget=worker_budget(nodes, shape, connection.local)
+                opening, force=force, delete_draws=delete_draws, say=say, budget=worker_budget(nodes, shape, connection.local)
             )
             if resume and not messages:
                 console.print(f"{campaign.store_location}: no earlier run to resume; starting")
-            units, total, written = _run_pending(campaign, group, shape, nodes, gpus, connection, lease, progress, console, stall_timeout, start)
+
+            def run_units(this: Campaign, units: list[Unit] | None = None, name: str | None = None) -> tuple[list[Unit], int, int]:
+                return _run_pending(this, group, shape, nodes, gpus, connection, lease, progress, console, stall_timeout, start, units, name)
+
+            if campaign.until is not None:  # the round loop of the in-process runner, units on Ray
+                from uqcampaign.pipeline.until import run_rounds
+
+                rounds = run_rounds(campaign, group, lambda this, units, name: run_units(this, units, name)[2], say=say)
+                n_run, total, written, messages = rounds.units_run, rounds.units_run, rounds.draws_written, messages + rounds.messages
+            else:
+                units, total, written = run_units(campaign)
+                n_run = len(units)
     finally:
         disconnect(connection)
-    return RunResult(campaign.store_location, len(units), total, written, time.perf_counter() - start, messages)
+    return RunResult(campaign.store_location, n_run, total, written, time.perf_counter() - start, messages)
 
 
 def _run_pending(
@@ -220,21 +241,28 @@ def _run_pending(
     console: Console,
     stall_timeout: float,
     start: float,
+    units: list[Unit] | None = None,
+    name: str | None = None,
 ) -> tuple[list[Unit], int, int]:
-    """Run the units ``draws_done`` says are pending; returns (units, units in all, draws written)."""
+    """Run ``units`` (default: those ``draws_done`` says are pending) on fresh workers; returns
+    (units, units in all, draws written). ``name`` labels the progress bar (an ``until`` round)."""
     done = draws_done(group)
-    units = pending_units(campaign, done)
-    total = done.shape[0] * campaign.n_blocks
+    if units is None:
+        units = pending_units(campaign, done)
+        total = done.shape[0] * campaign.n_blocks
+    else:
+        total = len(units)
+    name = name or campaign.name
     written = 0
     try:
         if units:
             if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
                 shape = size_workers(nodes, len(units), gpus)
-            remaining = int(np.clip(campaign.draws - done, 0, None).sum())
+            remaining = sum(int(np.clip(campaign.draws - done[u.measurement, campaign.block_chains(u.block)], 0, None).sum()) for u in units)
             finished = [total - len(units)]
 
             def label() -> str:
-                return f"{units_done(campaign.name, finished[0], total)} on {shape.workers} Ray workers"
+                return f"{units_done(name, finished[0], total)} on {shape.workers} Ray workers"
 
             with draw_progress(console, progress) as bar:
                 task = bar.add_task(label(), total=remaining)

@@ -14,7 +14,8 @@ or read, the store is created, or any chain tensor is allocated. A worker holds,
 * the prior's parameters and the operator's buffers (their tensors, measured).
 
 The store holds ``samples`` (M, chains, draws, C, H, W) float32, the measurements, and the
-``summary/`` that ``uqc reduce`` adds (per-pixel statistics in float64 and the per-draw χ²).
+``summary/`` that ``uqc reduce`` adds (per-pixel statistics in float64 and the per-draw χ²);
+an ``until`` campaign is sized at ``until.max_draws`` (the most its store can grow to).
 Sizes are uncompressed: an upper bound, since posterior draws compress little.
 
 What does not fit is refused with a :class:`UQError` that gives the figures and the fix.
@@ -161,7 +162,7 @@ def footprint(
     image = math.prod(img_shape)
     cc, cd = campaign.chunks.chains, campaign.chunks.draws
     state = sampler.state_size(cc, tuple(img_shape), prior_description)
-    m, chains, draws = n_measurements, campaign.chains, campaign.draws
+    m, chains, draws = n_measurements, campaign.chains, campaign.draws_limit  # an `until` store may grow to max_draws
     pixel_arrays = len(PIXEL_STATS) + (1 if has_truth else 0)  # + error
     summary = m * image * (pixel_arrays * FLOAT64 + (1 if has_truth else 0)) + m * chains * draws * FLOAT64 + 3 * m * FLOAT64
     measurements = m * math.prod(obs_shape) * FLOAT32 + (m * image * FLOAT32 if has_truth else 0)
