@@ -18,8 +18,9 @@ Steps of :func:`run_campaign_ray`:
    ``units/worker``, see :func:`~.worker.worker_label`) and consolidate the metadata.
 
 A campaign with ``until:`` runs the round loop of :func:`~uqcampaign.pipeline.until.run_rounds`
-(the in-process runner's too): steps 4-5 run once per round with that round's draws (fresh
-workers each round, which load the prior again), and the driver checks convergence between rounds,
+(the in-process runner's too): step 5 runs once per round, on the same workers (placed for the
+first round, each loading the prior once), with units that carry the round's draws
+(:class:`~uqcampaign.pipeline.units.Unit` ``draws``); the driver checks convergence between rounds,
 reading the store.
 """
 
@@ -140,27 +141,41 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
     group.attrs["ray"] = json.dumps({"runs": runs})
 
 
-def _run_units(
-    campaign: Campaign,
-    group: zarr.Group,
-    units: list[Unit],
-    shape: WorkerShape,
-    connection: Connection,
-    on_result: Any,
-    stall_timeout: float,
-    start: float,
-) -> list[dict[str, Any]]:
-    """Place the workers, run ``units`` on them, release everything, record the run in the store."""
-    from ray.util.placement_group import remove_placement_group
+class _Pool:
+    """The Ray workers of one run: placed for the first batch of units and kept for the next ones
+    (the rounds of an ``until`` campaign: each worker loads the prior once); :meth:`close`
+    releases them and records the run in the store."""
 
-    placement = _placement_group(shape)
-    scheduler = UnitScheduler(_actor_factory(campaign, shape, placement, uuid.uuid4().hex[:8]), shape.workers, units, on_result=on_result, stall_timeout=stall_timeout)
-    try:
-        return scheduler.run()
-    finally:
-        scheduler.shutdown()
-        remove_placement_group(placement)
-        _record(group, connection, shape, scheduler, time.perf_counter() - start)
+    def __init__(self, campaign: Campaign, group: zarr.Group, connection: Connection, stall_timeout: float, start: float) -> None:
+        self.campaign, self.group, self.connection = campaign, group, connection
+        self.stall_timeout, self.start = stall_timeout, start
+        self.shape: WorkerShape | None = None
+        self.placement: Any = None
+        self.scheduler: UnitScheduler | None = None
+
+    def run(self, units: list[Unit], shape: WorkerShape, on_result: Any) -> list[dict[str, Any]]:
+        """Run ``units`` (placing ``shape`` workers the first time); their results."""
+        if self.scheduler is None:
+            self.shape, self.placement = shape, _placement_group(shape)
+            make_actor = _actor_factory(self.campaign, shape, self.placement, uuid.uuid4().hex[:8])
+            self.scheduler = UnitScheduler(make_actor, shape.workers, [], stall_timeout=self.stall_timeout)
+        self.scheduler.on_result = on_result
+        self.scheduler.queue.extend(units)
+        return self.scheduler.run()
+
+    def close(self) -> None:
+        """Kill the actors, remove the placement group, record the run (nothing when never placed)."""
+        if self.scheduler is None:
+            return
+        from ray.util.placement_group import remove_placement_group
+
+        scheduler, self.scheduler = self.scheduler, None
+        try:
+            scheduler.shutdown()
+        finally:
+            remove_placement_group(self.placement)
+            assert self.shape is not None
+            _record(self.group, self.connection, self.shape, scheduler, time.perf_counter() - self.start)
 
 
 def run_campaign_ray(
@@ -213,17 +228,25 @@ def run_campaign_ray(
             if resume and not messages:
                 console.print(f"{campaign.store_location}: no earlier run to resume; starting")
 
+            pool = _Pool(campaign, group, connection, stall_timeout, start)
+
             def run_units(this: Campaign, units: list[Unit] | None = None, name: str | None = None) -> tuple[list[Unit], int, int]:
-                return _run_pending(this, group, shape, nodes, gpus, connection, lease, progress, console, stall_timeout, start, units, name)
+                return _run_pending(this, group, shape, nodes, gpus, pool, lease, progress, console, units, name)
 
-            if campaign.until is not None:  # the round loop of the in-process runner, units on Ray
-                from uqcampaign.pipeline.until import run_rounds
+            try:
+                if campaign.until is not None:  # the round loop of the in-process runner, units on Ray
+                    from uqcampaign.pipeline.until import run_rounds
 
-                rounds = run_rounds(campaign, group, lambda this, units, name: run_units(this, units, name)[2], say=say)
-                n_run, total, written, messages = rounds.units_run, rounds.units_run, rounds.draws_written, messages + rounds.messages
-            else:
-                units, total, written = run_units(campaign)
-                n_run = len(units)
+                    rounds = run_rounds(campaign, group, lambda this, units, name: run_units(this, units, name)[2], say=say)
+                    n_run, total, written, messages = rounds.units_run, rounds.units_run, rounds.draws_written, messages + rounds.messages
+                else:
+                    units, total, written = run_units(campaign)
+                    n_run = len(units)
+            finally:
+                try:
+                    pool.close()
+                finally:
+                    consolidate(group)  # also after a stop: the attrs of the run stay readable
     finally:
         disconnect(connection)
     return RunResult(campaign.store_location, n_run, total, written, time.perf_counter() - start, messages)
@@ -235,17 +258,15 @@ def _run_pending(
     shape: WorkerShape,
     nodes: Any,
     gpus: float,
-    connection: Connection,
+    pool: _Pool,
     lease: Lease,
     progress: bool,
     console: Console,
-    stall_timeout: float,
-    start: float,
     units: list[Unit] | None = None,
     name: str | None = None,
 ) -> tuple[list[Unit], int, int]:
-    """Run ``units`` (default: those ``draws_done`` says are pending) on fresh workers; returns
-    (units, units in all, draws written). ``name`` labels the progress bar (an ``until`` round)."""
+    """Run ``units`` (default: those ``draws_done`` says are pending) on the ``pool``'s workers;
+    returns (units, units in all, draws written). ``name`` labels the progress bar (an ``until`` round)."""
     done = draws_done(group)
     if units is None:
         units = pending_units(campaign, done)
@@ -254,27 +275,24 @@ def _run_pending(
         total = len(units)
     name = name or campaign.name
     written = 0
-    try:
-        if units:
-            if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
-                shape = size_workers(nodes, len(units), gpus)
-            remaining = sum(int(np.clip(campaign.draws - done[u.measurement, campaign.block_chains(u.block)], 0, None).sum()) for u in units)
-            finished = [total - len(units)]
+    if units:
+        if len(units) < shape.workers and pool.shape is None:  # fewer, bigger workers (more CPUs each)
+            shape = size_workers(nodes, len(units), gpus)
+        remaining = sum(int(np.clip(campaign.draws - done[u.measurement, campaign.block_chains(u.block)], 0, None).sum()) for u in units)
+        finished = [total - len(units)]
 
-            def label() -> str:
-                return f"{units_done(name, finished[0], total)} on {shape.workers} Ray workers"
+        def label() -> str:
+            return f"{units_done(name, finished[0], total)} on {(pool.shape or shape).workers} Ray workers"
 
-            with draw_progress(console, progress) as bar:
-                task = bar.add_task(label(), total=remaining)
+        with draw_progress(console, progress) as bar:
+            task = bar.add_task(label(), total=remaining)
 
-                def advance(result: dict[str, Any]) -> None:
-                    lease.check()
-                    chains = campaign.block_chains(result["block"])
-                    finished[0] += 1
-                    bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
+            def advance(result: dict[str, Any]) -> None:
+                lease.check()
+                chains = campaign.block_chains(result["block"])
+                finished[0] += 1
+                bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
 
-                results = _run_units(campaign, group, units, shape, connection, advance, stall_timeout, start)
-            written = sum(result["draws_written"] for result in results)
-    finally:
-        consolidate(group)  # also after a stop: the attrs of the run stay readable
+            results = pool.run(units, shape, advance)
+        written = sum(result["draws_written"] for result in results)
     return units, total, written

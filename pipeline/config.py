@@ -258,6 +258,10 @@ class Campaign(_Model):
         self._root = Path(root).resolve()
         return self
 
+    def with_draws(self, draws: int) -> Campaign:
+        """A copy with ``draws`` draws per chain and the same root (one round of an ``until`` campaign)."""
+        return self.model_copy(update={"draws": int(draws)}).with_root(self.root)
+
     def resolve(self, location: str | Path) -> str:
         """``location`` made absolute against :attr:`root` (URLs are returned unchanged)."""
         if is_url(location):

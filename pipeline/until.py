@@ -130,7 +130,7 @@ def round_schedule(campaign: Campaign) -> list[int]:
 
 def round_campaign(campaign: Campaign, draws: int) -> Campaign:
     """``campaign`` with ``draws`` per chain (the same root): what one round's units run."""
-    return campaign.model_copy(update={"draws": int(draws)}).with_root(campaign.root)
+    return campaign.with_draws(draws)
 
 
 def opening_campaign(campaign: Campaign) -> Campaign:
@@ -378,7 +378,7 @@ def run_rounds(campaign: Campaign, group: zarr.Group, run_units: RunUnits, *, sa
         with io_errors(group, "read draws_done"):
             done = np.asarray(group["draws_done"][...])
         wanted = set(todo)
-        units = [unit for unit in pending_units(this, done) if unit.measurement in wanted]
+        units = [Unit(u.measurement, u.block, draws) for u in pending_units(this, done) if u.measurement in wanted]
         if units:
             running = n_meas - int(records.stopped.sum())
             tell(f"until round {r + 1}/{len(schedule)}: {draws} draws per chain for {len(todo)} of {n_meas} measurements ({running} running)")
