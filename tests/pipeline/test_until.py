@@ -154,6 +154,7 @@ def test_until_keys_are_checked_with_their_line(write_campaign) -> None:
 # -- slow mixing: rounds until R̂ < 1.01 and ESS >= 400 ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_slow_mixing_problem_runs_until_every_pixel_meets_the_targets(tmp_path: Path) -> None:
     campaign = load_campaign(slow_campaign(tmp_path))
     schedule = round_schedule(campaign)
