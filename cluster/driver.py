@@ -3,7 +3,8 @@
 Steps of :func:`run_campaign_ray`:
 
 1. attach to Ray (``local`` starts one sized to this machine; ``auto``/``ray://``/``host:port``
-   join a cluster, an unreachable one fails in seconds), see :mod:`.connect`;
+   join a cluster: token auth set up, an unreachable cluster or an auth mismatch fails in
+   seconds), see :mod:`.connect`;
 2. size the pool from the alive nodes (``workers × gpus_per_worker`` must fit), see
    :mod:`.resources`; a local store path with nodes on other hosts is warned about;
 3. take the store's lease (a second ``uqc run`` is refused, naming this one), create, reopen
@@ -13,9 +14,13 @@ Steps of :func:`run_campaign_ray`:
 4. reserve one placement-group bundle ``{CPU: k, GPU: gpus_per_worker}`` per worker with
    strategy ``SPREAD`` and start one :class:`~.worker.HostedWorker` actor in each;
 5. feed the units with :class:`~.scheduler.UnitScheduler` (re-queues the unit of a dead
-   worker, starts a replacement) under a progress bar (chain-draws, draws/s, ETA);
+   worker, starts a replacement) under a progress bar (chain-draws, draws/s, ETA); each lost
+   worker is one line above the bar (which worker, node, Ray's reason, the unit requeued), and
+   what Ray publishes to the driver (raylet log tails of a lost node) stays out of the terminal;
 6. keep the run's Ray facts in the store's ``ray`` attribute (per-unit node/GPU are in
-   ``units/worker``, see :func:`~.worker.worker_label`) and consolidate the metadata.
+   ``units/worker``, see :func:`~.worker.worker_label`; ``events`` and ``ray_messages``: the
+   lines of the lost workers and the first line of each message Ray published) and
+   consolidate the metadata.
 
 A campaign with ``until:`` runs the round loop of :func:`~uqcampaign.pipeline.until.run_rounds`
 (the in-process runner's too): step 5 runs once per round, on the same workers (placed for the
@@ -26,6 +31,7 @@ reading the store.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -40,6 +46,7 @@ from uqcampaign.cluster.resources import WorkerShape, alive_node_resources, bund
 from uqcampaign.cluster.scheduler import UnitScheduler
 from uqcampaign.cluster.worker import HostedWorker
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.address import parse_address
 from uqcampaign.pipeline.campaign_store import create_or_open
 from uqcampaign.pipeline.config import Campaign
 from uqcampaign.pipeline.lease import Lease, hold_lease
@@ -124,6 +131,7 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
     runs.append(
         {
             "address": connection.address,
+            "joined": connection.target.for_ray if connection.target is not None else None,
             "workers": shape.workers,
             "cpus_per_worker": shape.cpus,
             "gpus_per_worker": shape.gpus,
@@ -133,6 +141,8 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
             "units_requeued": scheduler.stats.units_requeued,
             "seconds": round(seconds, 3),
             "nodes": nodes,
+            "events": list(scheduler.stats.events),
+            "ray_messages": list(connection.ray_messages),
             "workers_seen": [
                 {k: w[k] for k in ("slot", "generation", "node_id", "gpu_ids", "device", "threads", "label")} for w in scheduler.stats.workers
             ],
@@ -146,8 +156,8 @@ class _Pool:
     (the rounds of an ``until`` campaign: each worker loads the prior once); :meth:`close`
     releases them and records the run in the store."""
 
-    def __init__(self, campaign: Campaign, group: zarr.Group, connection: Connection, stall_timeout: float, start: float) -> None:
-        self.campaign, self.group, self.connection = campaign, group, connection
+    def __init__(self, campaign: Campaign, group: zarr.Group, connection: Connection, on_event: Any, stall_timeout: float, start: float) -> None:
+        self.campaign, self.group, self.connection, self.on_event = campaign, group, connection, on_event
         self.stall_timeout, self.start = stall_timeout, start
         self.shape: WorkerShape | None = None
         self.placement: Any = None
@@ -158,7 +168,7 @@ class _Pool:
         if self.scheduler is None:
             self.shape, self.placement = shape, _placement_group(shape)
             make_actor = _actor_factory(self.campaign, shape, self.placement, uuid.uuid4().hex[:8])
-            self.scheduler = UnitScheduler(make_actor, shape.workers, [], stall_timeout=self.stall_timeout)
+            self.scheduler = UnitScheduler(make_actor, shape.workers, [], on_event=self.on_event, stall_timeout=self.stall_timeout)
         self.scheduler.on_result = on_result
         self.scheduler.queue.extend(units)
         return self.scheduler.run()
@@ -203,20 +213,20 @@ def run_campaign_ray(
     """
     console = console or Console(stderr=True)
     address = address or campaign.cluster.address
-    if address == "in-process":
+    if parse_address(address).kind == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
         return run_campaign(campaign, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=console)
     workers = campaign.cluster.workers if workers is None else workers
     gpus = campaign.cluster.gpus_per_worker if gpus_per_worker is None else gpus_per_worker
     start = time.perf_counter()
-    connection = connect(address, timeout=connect_timeout)
+    say = functools.partial(console.print, markup=False, highlight=False)
+    connection = connect(address, timeout=connect_timeout, say=say)
     try:
         nodes = alive_node_resources()
         shape = size_workers(nodes, workers, gpus)
         check_store_reachable(campaign.store_location, connection)
         with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
-            say = lambda text: console.print(text, markup=False)  # noqa: E731
             opening = campaign
             if campaign.until is not None:
                 from uqcampaign.pipeline.until import opening_campaign
@@ -228,7 +238,7 @@ def run_campaign_ray(
             if resume and not messages:
                 console.print(f"{campaign.store_location}: no earlier run to resume; starting")
 
-            pool = _Pool(campaign, group, connection, stall_timeout, start)
+            pool = _Pool(campaign, group, connection, say, stall_timeout, start)
 
             def run_units(this: Campaign, units: list[Unit] | None = None, name: str | None = None) -> tuple[list[Unit], int, int]:
                 return _run_pending(this, group, shape, nodes, gpus, pool, lease, progress, console, units, name)

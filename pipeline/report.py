@@ -200,6 +200,7 @@ def _rows(view: SummaryView) -> list[dict[str, Any]]:
         )
         if until is not None:
             _with_until(rows[-1], until[m])
+    _add_sampler_facts(view, rows)
     return rows
 
 
@@ -212,6 +213,15 @@ def _with_until(row: dict[str, Any], fields: dict[str, Any]) -> None:
     row["flag"] = ", ".join(part for part in (row["flag"], flag) if part)
 
 
+def _add_sampler_facts(view: SummaryView, rows: list[dict[str, Any]]) -> None:
+    """The sampler's facts per measurement (:func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) into ``rows``, their flags into ``flag``."""
+    from uqcampaign.pipeline.unit_facts import fact_flags, measurement_facts
+
+    for row, facts in zip(rows, measurement_facts(view.root, len(rows))):
+        row.update(facts)
+        row["flag"] = ", ".join(filter(None, [row["flag"], *fact_flags(facts)]))
+
+
 def report_rows(store: Any, *, reduce: bool = False, say: Any = None) -> list[dict[str, Any]]:
     """One dict per measurement of a reduced store.
 
@@ -219,9 +229,12 @@ def report_rows(store: Any, *, reduce: bool = False, say: Any = None) -> list[di
     ``coverage`` (fraction of pixels whose truth lies in the interval; None without
     truth), ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` (over channels and pixels,
     NaN pixels ignored), ``chi2_mean``, ``flag`` ("" when fine, else the reasons; a
-    measurement with fewer than 4 draws in every chain says it was not reduced). A store of an
-    ``until`` campaign adds ``until``, ``until_round``, ``until_draws`` and plans each
-    measurement at the draws it stopped at (:func:`~uqcampaign.pipeline.until.until_report_fields`).
+    measurement with fewer than 4 draws in every chain says it was not reduced), and the
+    sampler's facts where the store keeps them (``log_evidence``/``log_evidence_se``/``log_evidence_runs``,
+    ``outside_box``, ``condition_shift``/``objective_first``/``objective_last``/``objective_trend``:
+    :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`). A store of an ``until`` campaign
+    adds ``until``, ``until_round``, ``until_draws`` and plans each measurement at the draws it
+    stopped at (:func:`~uqcampaign.pipeline.until.until_report_fields`).
     Raises :class:`UQError` when the store has no draws or its summary is missing or stale,
     unless ``reduce`` (see :func:`open_summary`).
     """
@@ -268,6 +281,12 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
     until = any("until" in row for row in rows)
     if until:
         table.add_column("until", overflow="fold")
+    from uqcampaign.pipeline.unit_facts import fact_columns
+
+    facts = fact_columns(rows)
+    for header, _, caption in facts:
+        table.add_column(header, justify="right")
+        table.caption = f"{table.caption} · {caption}"
     table.add_column("flag", style="bold red", overflow="fold")
     for row in rows:
         planned = "?" if row["draws_planned"] is None else str(row["draws_planned"])
@@ -281,6 +300,7 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
             _fmt(row["ess_tail_min"], ".0f"),
             _fmt(row["chi2_mean"], ".3f"),
             *([_until_cell(row)] if until else []),
+            *(text(row) for _, text, _ in facts),
             row["flag"],
         )
     (console or Console()).print(table)

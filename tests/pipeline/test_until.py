@@ -151,6 +151,18 @@ def test_until_keys_are_checked_with_their_line(write_campaign) -> None:
         load_campaign(write_campaign(until={"max_draws": 70}, chunks={"chains": 4, "draws": 80}))
 
 
+
+def test_until_with_a_sampler_whose_draws_cannot_grow_is_refused_at_load(write_campaign) -> None:
+    """SMC pools a unit's draws at its end (a longer run takes other draws) and a point estimate writes one
+    draw: neither can be drawn in rounds, refused with the line and the fix before anything runs."""
+    smc = {"sampler": {"kind": "tds", "runs": 2, "particles": 32, "steps": 10}, "chains": 4, "draws": 4, "chunks": {"chains": 2, "draws": 2}}
+    with pytest.raises(UQError, match=r"campaign.yaml:\d+: sampler 'tds' takes all of a unit's draws from one pool.*remove until: and give fixed draws \(e.g. draws: 16\)"):
+        load_campaign(write_campaign(until={"max_draws": 16}, **smc))
+    point = {"sampler": {"kind": "map-hqs", "iterations": 5}, "draws": 1, "chunks": {"chains": 4, "draws": 1}}
+    with pytest.raises(UQError, match=r"point estimate.*set draws: 1"):
+        load_campaign(write_campaign(until={"max_draws": 8}, **point))
+    load_campaign(write_campaign(until={"max_draws": 16}, **{**smc, "sampler": {"kind": "ula"}}))
+
 # -- slow mixing: rounds until R̂ < 1.01 and ESS >= 400 ---------------------------------------------
 
 
