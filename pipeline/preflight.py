@@ -16,7 +16,7 @@ or read, the store is created, or any chain tensor is allocated. A worker holds,
 The store holds ``samples`` (M, chains, draws, C, H, W) float32, the measurements, the sampler's
 facts (:func:`fact_bytes`: a latent prior's condition trace is ``iterations × 1 × L × D`` per
 measurement) and the ``summary/`` that ``uqc reduce`` adds (per-pixel statistics in float64 and the
-per-draw χ²).
+per-draw χ²); an ``until`` campaign is sized at ``until.max_draws`` (the most its store can grow to).
 Sizes are uncompressed: an upper bound, since posterior draws compress little.
 
 What does not fit is refused with a :class:`UQError` that gives the figures and the fix.
@@ -168,7 +168,7 @@ def footprint(
     image = math.prod(img_shape)
     cc, cd = campaign.chunks.chains, campaign.chunks.draws
     state = sampler.state_size(cc, tuple(img_shape), prior_description)
-    m, chains, draws = n_measurements, campaign.chains, campaign.draws
+    m, chains, draws = n_measurements, campaign.chains, campaign.draws_limit  # an `until` store may grow to max_draws
     pixel_arrays = len(PIXEL_STATS) + (1 if has_truth else 0)  # + error
     summary = m * image * (pixel_arrays * FLOAT64 + (1 if has_truth else 0)) + m * chains * draws * FLOAT64 + 3 * m * FLOAT64
     measurements = m * math.prod(obs_shape) * FLOAT32 + (m * image * FLOAT32 if has_truth else 0)

@@ -27,6 +27,7 @@ from uqcampaign.pipeline.diagnostics import MIN_DRAWS
 from uqcampaign.pipeline.location import Location
 from uqcampaign.pipeline.store import json_attr, open_store, store_location
 from uqcampaign.pipeline.summary import SummaryStatus, open_summary_group, summary_status
+from uqcampaign.pipeline.until import until_report_fields
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -179,6 +180,7 @@ def _rows(view: SummaryView) -> list[dict[str, Any]]:
     coverage = view.array("coverage") if view.has_truth else None
     chi2 = _chi2_per_measurement(view)
     used = view.draws_used
+    until = until_report_fields(view.root)  # None unless an `until` campaign wrote the store
     rows = []
     for m in range(view.n_measurements):
         rhat_max = _nan_reduce(np.max, np.asarray(view.summary["rhat"][m]))
@@ -196,8 +198,19 @@ def _rows(view: SummaryView) -> list[dict[str, Any]]:
                 "flag": _flag(rhat_max, chi2_m, None if used is None else int(used[m])),
             }
         )
+        if until is not None:
+            _with_until(rows[-1], until[m])
     _add_sampler_facts(view, rows)
     return rows
+
+
+def _with_until(row: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Add an ``until`` store's fields (:func:`~uqcampaign.pipeline.until.until_report_fields`) to a row:
+    the planned draws at the measurement's stop, its state, and its flag."""
+    fields = dict(fields)
+    flag = fields.pop("until_flag")
+    row.update(fields)
+    row["flag"] = ", ".join(part for part in (row["flag"], flag) if part)
 
 
 def _add_sampler_facts(view: SummaryView, rows: list[dict[str, Any]]) -> None:
@@ -219,7 +232,9 @@ def report_rows(store: Any, *, reduce: bool = False, say: Any = None) -> list[di
     measurement with fewer than 4 draws in every chain says it was not reduced), and the
     sampler's facts where the store keeps them (``log_evidence``/``log_evidence_se``/``log_evidence_runs``,
     ``outside_box``, ``condition_shift``/``objective_first``/``objective_last``/``objective_trend``:
-    :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`).
+    :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`). A store of an ``until`` campaign
+    adds ``until``, ``until_round``, ``until_draws`` and plans each measurement at the draws it
+    stopped at (:func:`~uqcampaign.pipeline.until.until_report_fields`).
     Raises :class:`UQError` when the store has no draws or its summary is missing or stale,
     unless ``reduce`` (see :func:`open_summary`).
     """
@@ -247,6 +262,12 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
             f"{level} interval · R̂ max: worst split rank-normalised R̂ over pixels (flag > {RHAT_WARN}) · "
             f"ESS min: smallest bulk/tail effective sample size over pixels · χ²: mean ||y − Ax||²/(σ²·dim y) "
             f"over draws (≈ 1 expected, flag outside [{CHI2_BAND[0]}, {CHI2_BAND[1]}])"
+            + (
+                " · until: converged, max_draws (stopped there without converging: flagged) or running, with the round and "
+                "draws per chain of its last convergence check"
+                if any("until" in row for row in rows)
+                else ""
+            )
         ),
         caption_justify="left",
     )
@@ -257,6 +278,9 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
     table.add_column("ESS bulk min", justify="right")
     table.add_column("ESS tail min", justify="right")
     table.add_column("χ² mean", justify="right")
+    until = any("until" in row for row in rows)
+    if until:
+        table.add_column("until", overflow="fold")
     from uqcampaign.pipeline.unit_facts import fact_columns
 
     facts = fact_columns(rows)
@@ -275,10 +299,18 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
             _fmt(row["ess_bulk_min"], ".0f"),
             _fmt(row["ess_tail_min"], ".0f"),
             _fmt(row["chi2_mean"], ".3f"),
+            *([_until_cell(row)] if until else []),
             *(text(row) for _, text, _ in facts),
             row["flag"],
         )
     (console or Console()).print(table)
+
+
+def _until_cell(row: dict[str, Any]) -> str:
+    """The ``until`` column: converged / max_draws / running, with the round (1-based) and draws per chain."""
+    if row.get("until_round") is None:
+        return row.get("until", "")
+    return f"{row['until']} (round {row['until_round'] + 1}, {row['until_draws']} draws)"
 
 
 REPORT_FORMATS = ("table", "json", "csv")

@@ -33,10 +33,12 @@ __all__ = ["Unit", "UnitStats", "count_measurements", "plan_units", "pending_uni
 
 @dataclass(frozen=True, order=True)
 class Unit:
-    """Work unit: chains ``campaign.block_chains(block)`` of measurement ``measurement``."""
+    """Work unit: chains ``campaign.block_chains(block)`` of measurement ``measurement``, drawn to
+    ``draws`` per chain (None: the campaign's ``draws``; an ``until`` round sets its own)."""
 
     measurement: int
     block: int
+    draws: int | None = None
 
 
 def count_measurements(campaign: Campaign) -> int:
@@ -106,6 +108,8 @@ def run_unit(
     Otherwise the stats are also written to the store's ``units/`` group. ``on_chunk`` (if
     given) is called with the number of chain-draws of each chunk as it is computed.
     """
+    if unit.draws is not None:
+        campaign = campaign.with_draws(unit.draws)
     group = open_store(store, mode="r+", storage_options=campaign.storage_options)
     m, chains = unit.measurement, campaign.block_chains(unit.block)
     n_chains = chains.stop - chains.start
