@@ -113,12 +113,15 @@ class RayStartCluster:
         else:
             self.env.update(RAY_AUTH_MODE="disabled")
 
-    def _start(self, name: str, args: list[str]) -> Node:
+    def _start(self, name: str, args: list[str], ports: list[int] | None = None) -> Node:
+        """``ray start`` one node; ``ports``: its ``_NODE_PORTS`` (found with the caller's other ports, so no
+        port is handed out twice: a port released by one ``free_ports`` call may come back from the next)."""
         temp_dir = self.folder / name
         command = [sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--temp-dir", str(temp_dir),
                    "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus),
                    "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats"]
-        command += [arg for key, port in zip(_NODE_PORTS, free_ports(len(_NODE_PORTS)), strict=True) for arg in (f"--{key}-port", str(port))]
+        ports = ports if ports is not None else free_ports(len(_NODE_PORTS))
+        command += [arg for key, port in zip(_NODE_PORTS, ports, strict=True) for arg in (f"--{key}-port", str(port))]
         log = self.folder / f"{name}.log"
         with open(log, "w") as out:
             process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -132,9 +135,9 @@ class RayStartCluster:
     def start(self) -> RayStartCluster:
         """Start the head, then the worker nodes; returns self."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        gcs, client, dashboard = free_ports(3)
+        gcs, client, dashboard, *node_ports = free_ports(3 + len(_NODE_PORTS))
         self.head = self._start("ray", ["--head", "--port", str(gcs), "--ray-client-server-port", str(client),
-                                        "--include-dashboard", "false", "--dashboard-port", str(dashboard)])
+                                        "--include-dashboard", "false", "--dashboard-port", str(dashboard)], node_ports)
         self.gcs, self.client = f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}"
         self.workers = [self._start(f"w{k}", ["--address", self.gcs]) for k in range(self.n_workers)]
         return self
