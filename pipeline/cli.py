@@ -1,4 +1,4 @@
-"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, export, inspect, demo, train-prior.
+"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, calibrate, export, inspect, demo, train-prior.
 
 Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
 User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
@@ -284,6 +284,49 @@ def report(
         print_report(store, console, reduce=reduce, say=say)
     else:
         print(format_rows(report_rows(store, reduce=reduce, say=say), format), end="")
+
+
+@app.command()
+@handled
+def calibrate(
+    campaign: Path = typer.Argument(..., help="Campaign YAML file: its operator, noise, prior, sampler, chains and draws are calibrated."),
+    trials: int = typer.Option(..., "--trials", help="Truths drawn from the prior: the SBC and TARP trials (at least 50; 100 for a verdict 'calibrated')."),
+    replicates: int = typer.Option(2, "--replicates", min=1, help="Noisy measurements per truth for the replicated coverage."),
+    rank_draws: int = typer.Option(99, "--rank-draws", min=19, help="Most draws ranked per trial (a number 20k - 1; Markov chains are thinned by their bulk ESS)."),
+    format: str = typer.Option("table", "--format", help="table (for reading) or json (the result on stdout)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Calibration store (default: beside the campaign's store, NAME.calibration.zarr)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sbc.png, tarp.png, coverage.png (default: beside the calibration store)."),
+    chains: Optional[int] = typer.Option(None, "--chains", min=1, help="Chains per trial (default: the campaign's)."),
+    draws: Optional[int] = typer.Option(None, "--draws", min=1, help="Draws per chain (default: the campaign's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the truths, noise and chains (default: the campaign's)."),
+    address: Optional[str] = typer.Option(None, help="Ray address: local, auto, ray://host:10001 or in-process (default: the file's cluster.address)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run in this process, without Ray."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Number of Ray workers (default: the file's cluster.workers)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, min=0, help="GPUs per Ray worker (default: the file's cluster.gpus_per_worker)."),
+    force: bool = typer.Option(False, "--force", help="Replace a calibration store of another configuration (with --delete-draws when it holds draws)."),
+    delete_draws: bool = typer.Option(False, "--delete-draws", help="With --force: confirm that the replaced store's draws are deleted."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bars."),
+) -> None:
+    """Calibrate the campaign's sampler on its own problem: SBC, TARP and replicated coverage over truths drawn from the prior."""
+    from uqcampaign.pipeline.calibrate import CalibrationDesign, run_calibration
+    from uqcampaign.pipeline.config import load_campaign
+
+    if format not in ("table", "json"):
+        raise UQError(f"--format {format!r} is not one of table, json; use e.g. --format json")
+    design = CalibrationDesign(trials=trials, replicates=replicates, rank_draws=rank_draws)
+    spec = load_campaign(campaign)
+    result = run_calibration(
+        spec, design, store=store, figures=out, chains=chains, draws=draws, seed=seed,
+        address="in-process" if in_process else address, workers=workers, gpus_per_worker=gpus_per_worker,
+        force=force, delete_draws=delete_draws, progress=progress, console=err_console,
+    )
+    if format == "json":
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from uqcampaign.pipeline.calibrate import result_lines
+
+    for line in result_lines(result):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()
