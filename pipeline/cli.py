@@ -271,19 +271,34 @@ def maps(
 @handled
 def report(
     store: str = typer.Argument(..., help="Store path or URL."),
-    format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs)."),
+    format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs; the last row is the campaign's)."),
     reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="A `uqc calibrate` store of this configuration (default: NAME.calibration.zarr beside the store, when there)."
+    ),
+    baseline: list[str] = typer.Option(
+        [], "--baseline", help="A store of a MAP sampler (map-hqs, map-admm, map-latent) on the same measurements: PSNR, SSIM, chi2 against it (repeatable)."
+    ),
 ) -> None:
-    """Print the per-measurement table: coverage, max R-hat, min ESS, chi2."""
-    from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_rows
+    """Print the per-measurement table with a verdict (ok, not converged, too few draws, data misfit, miscalibrated)."""
+    from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_table
 
     if format not in REPORT_FORMATS:
         raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
     say = lambda text: err_console.print(text, markup=False)  # noqa: E731
+    if baseline:
+        from uqcampaign.pipeline.baseline import baseline_rows, print_baseline
+
+        compared = baseline_rows(store, baseline)
+        if format == "table":
+            print_baseline(compared, console)
+        else:
+            print(format_rows(compared, format), end="")
+        return
     if format == "table":
-        print_report(store, console, reduce=reduce, say=say)
+        print_report(store, console, reduce=reduce, say=say, calibration=calibration)
     else:
-        print(format_rows(report_rows(store, reduce=reduce, say=say), format), end="")
+        print(format_rows(report_table(store, reduce=reduce, say=say, calibration=calibration), format), end="")
 
 
 @app.command()

@@ -54,7 +54,7 @@ from uqcampaign.pipeline.summary import SUMMARY_NEW, discard_new_summary, open_s
 
 __all__ = ["reduce_store", "choose_tile", "PIXEL_STATS", "DEFAULT_MEMORY_BUDGET"]
 
-PIXEL_STATS = BlockSummary._fields  # mean, std, ci_lower, ci_upper, rhat, ess_bulk, ess_tail, mcse_mean
+PIXEL_STATS = BlockSummary._fields  # mean, std, ci_lower, ci_upper, rhat, ess_bulk, ess_tail, mcse_mean, rhat_group
 TRUTH_STATS = ("error", "covered")
 IMAGE_DIMS = ["measurement", "channel", "y", "x"]
 # Peak memory the tile pass may use, all workers together (bytes).
@@ -307,7 +307,7 @@ def reduce_store(
     """Reduce the draws of ``store`` into its ``summary/`` group and return that group.
 
     ``level``: credible level of the equal-tailed intervals (default: the campaign's
-    ``reduce.level``). ``address``: None (threads here), ``ray://…``/``auto`` or ``tcp://…``.
+    ``reduce.level``). ``rhat_group``: R̂ over chain groups (:mod:`~uqcampaign.pipeline.diagnostics`). ``address``: None (threads here), ``ray://…``/``auto`` or ``tcp://…``.
     ``tile``: spatial tile ``(ty, tx)``; by default the largest whose draws fit
     ``memory_budget`` bytes across the local workers (see :func:`choose_tile`).
     ``storage_options``: fsspec options of a URL store (default: the AWS environment).
@@ -449,6 +449,7 @@ SUMMARY_ATTRS = {
     "ess_bulk": "bulk effective sample size",
     "ess_tail": "tail effective sample size",
     "mcse_mean": "Monte Carlo standard error of the mean",
+    "rhat_group": "rank-normalized split R-hat over chain groups (early vs late halves of min(4, chains) groups)",
     "error": "posterior mean minus the true image",
     "covered": "true pixel inside the credible interval",
     "coverage": "fraction of pixels whose truth is inside the credible interval",
@@ -462,7 +463,7 @@ SUMMARY_ATTRS = {
 def _new_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dims: list[str], dtype: str) -> zarr.Array:
     fill = False if dtype == "bool" else 0 if dtype.startswith("int") else np.nan
     attrs = {"long_name": SUMMARY_ATTRS[name]}
-    if name in ("chi2_draws", "chi2", "rhat", "ess_bulk", "ess_tail", "coverage", "draws_used", "draws_done"):
+    if name in ("chi2_draws", "chi2", "rhat", "rhat_group", "ess_bulk", "ess_tail", "coverage", "draws_used", "draws_done"):
         attrs["units"] = "1"
     return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims, attributes=attrs)
 
