@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["unit_seed", "unit_generator", "simulation_generator", "replicate_generator"]
+__all__ = ["unit_seed", "unit_generator", "simulation_generator", "replicate_generator", "reference_generator"]
 
 
 def unit_seed(campaign_seed: int, measurement: int, block: int) -> int:
@@ -58,3 +58,8 @@ def replicate_generator(campaign_seed: int, measurement: int, device: str | torc
     from this one.
     """
     return _stream_generator(campaign_seed, 2, measurement, device)
+
+
+def reference_generator(campaign_seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of ``reduce``'s reference prior draws and plausibility noise: stream ``(3, 0)``."""
+    return _stream_generator(campaign_seed, 3, 0, device)

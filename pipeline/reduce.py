@@ -303,6 +303,7 @@ def reduce_store(
     tile: tuple[int, int] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     storage_options: Mapping[str, Any] | None = None,
+    plausibility: bool = True,
 ) -> zarr.Group:
     """Reduce the draws of ``store`` into its ``summary/`` group and return that group.
 
@@ -316,7 +317,9 @@ def reduce_store(
     ``error``, ``covered`` (bool) and ``coverage`` `(measurement)`; ``chi2_draws``
     `(measurement, chain, draw)` (NaN past the draws used), ``chi2`` `(measurement)` (its
     mean), ``draws_used`` `(measurement)` and ``draws_done`` `(measurement, chain)` (the record
-    of what it summarises); then consolidates the metadata.
+    of what it summarises); with ``plausibility`` the prior-plausibility scores of a thinned subset
+    of the draws, their reference and the prior's per-pixel moments and value range
+    (:mod:`~uqcampaign.pipeline.plausibility_pass`, computed in this process); then consolidates the metadata.
 
     Nothing is lost: the new summary is written into ``summary.new/`` under the store's lease
     and swapped in only once complete (:mod:`~uqcampaign.pipeline.summary`); a failure (an
@@ -328,14 +331,16 @@ def reduce_store(
     root = open_store(store, mode="r+", storage_options=storage_options)
     with hold_lease(Location.of(root), "reduce"):
         recover_summary(root)
-        _reduce(root, level, address, progress, tile, memory_budget)
+        _reduce(root, level, address, progress, tile, memory_budget, plausibility)
         publish_summary(root)
         consolidate(root)
     summary, _ = open_summary_group(root)
     return summary
 
 
-def _reduce(root: zarr.Group, level: float | None, address: str | None, progress: bool, tile: tuple[int, int] | None, memory_budget: int) -> None:
+def _reduce(
+    root: zarr.Group, level: float | None, address: str | None, progress: bool, tile: tuple[int, int] | None, memory_budget: int, plausibility: bool = True
+) -> None:
     """Write the complete summary into ``summary.new/`` (see :func:`reduce_store`)."""
     location = store_location(root)
     level = _level_of(root, level)
@@ -384,6 +389,12 @@ def _reduce(root: zarr.Group, level: float | None, address: str | None, progress
             ):
                 warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
                 da.store(sources, targets, lock=False, compute=True, **kwargs)
+            if plausibility:
+                from uqcampaign.pipeline.plausibility_pass import write_plausibility
+
+                with io_errors(root, "write the prior-plausibility scores"):
+                    write_plausibility(root, summary, used)
+                    sync_coordinates(summary)
             with io_errors(root, "finish the new summary"):
                 summary.attrs["complete"] = 1
         except BaseException:

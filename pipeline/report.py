@@ -300,7 +300,7 @@ def _draw_flags(view: SummaryView, m: int, dim_y: int, dof: int) -> dict[str, An
             p = np.where(seen, plausibility_pvalue(np.where(seen, scores, 0.0), reference[np.isfinite(reference)]), np.nan)
             out["implausible"] = int((p[seen] < DRAW_PVALUE).sum())
             c, k = np.unravel_index(np.nanargmax(np.where(seen, scores, -np.inf)), scores.shape)
-            draw = int(view.summary["plausibility_draw"][k]) if "plausibility_draw" in view.summary else k
+            draw = int(view.summary["plausibility_draw"][m, k]) if "plausibility_draw" in view.summary else k
             out["plausibility_worst"] = f"chain {c} draw {draw}: score {scores[c, k]:.3g} (p {p[c, k]:.1e})"
     return out
 
