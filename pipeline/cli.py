@@ -260,7 +260,7 @@ def maps(
     out: Path = typer.Option(..., "--out", help="Folder for the PNG files."),
     reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
 ) -> None:
-    """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, CI width, |error|, R-hat."""
+    """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, z-score, coverage, data support, R-hat."""
     from uqcampaign.pipeline.maps import write_maps
 
     paths = write_maps(store, out, reduce=reduce, say=lambda text: err_console.print(text, markup=False))
