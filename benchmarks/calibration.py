@@ -125,17 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Calibration of the samplers",
         "",
-        f"Written by `make calibrate` (`python benchmarks/calibration.py --trials {args.trials} --replicates {args.replicates}`) "
+        (f"Written by `make calibrate` (`python benchmarks/calibration.py --trials {args.trials} --replicates {args.replicates}`) "
         f"on {dt.date.today().isoformat()}, torch {torch.__version__}, CPU. Every row is one `uqc calibrate` run of a campaign with that "
         "sampler: truths drawn from the prior, y simulated, the sampler run on each y as a campaign, then SBC (Talts et al. 2018: rank "
         "of the truth among thinned draws, χ² on the rank histogram, Bonferroni over pixels and projections), TARP expected coverage "
         "(Lemos et al. 2023: p of the largest |ECP − α| under exact draws) and replicated-experiment coverage (Thong, Kemajou Mbakam & "
         "Pereyra 2024: share of pixels whose order-statistic interval holds the truth, with cluster-robust 95% binomial intervals; "
         "joint: HPD over random projections). Verdict and thresholds: `pipeline/calibration/verdict.py`. Rows marked *known wrong* "
-        "are controls that the tools must flag.",
+        "are controls that the tools must flag."),
         "",
-        "A calibrated sampler has SBC p and TARP p above 0.01 and coverage intervals that contain the nominal level (0.5, 0.9). "
-        "Markov chains (ula) are thinned to about one draw per effective sample (bulk ESS).",
+        ("A calibrated sampler has SBC p and TARP p above 0.01 and coverage intervals that contain the nominal level (0.5, 0.9). "
+         "Markov chains (ula) are thinned to about one draw per effective sample (bulk ESS)."),
         "",
     ]
     with tempfile.TemporaryDirectory(prefix="uqc-calibration-") as tmp:
