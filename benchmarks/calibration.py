@@ -112,6 +112,14 @@ def _line(row_name: str, row: dict[str, Any], result: dict[str, Any], figures: P
     )
 
 
+def _read_sections(path: Path) -> dict[str, str]:
+    """The ``## <problem>: …`` sections of an existing CALIBRATION.md, by problem name."""
+    if not path.is_file():
+        return {}
+    parts = path.read_text().split("\n## ")[1:]
+    return {part.split(":", 1)[0]: "## " + part.rstrip("\n") + "\n" for part in parts}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "CALIBRATION.md")
@@ -138,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
          "Markov chains (ula) are thinned to about one draw per effective sample (bulk ESS)."),
         "",
     ]
+    sections = _read_sections(args.out)  # problems not run this time keep their section
+    command = " ".join(["python benchmarks/calibration.py", *(argv if argv is not None else sys.argv[1:])])
+
+    def write() -> None:
+        body = [sections[name] for name in _problems() if name in sections]
+        args.out.write_text("\n".join(lines) + "\n" + "\n".join(body))
+
     with tempfile.TemporaryDirectory(prefix="uqc-calibration-") as tmp:
         for problem_name, problem in _problems().items():
             if problem_name not in args.problems.split(","):
@@ -146,21 +161,23 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             np.savez(work / "prior.npz", **problem["prior_arrays"])
             burn_in = _ula_burn_in(problem, work)
-            lines += [f"## {problem_name}: {problem['label']}, σ = {SIGMA}", "",
-                      f"ULA needs {burn_in} burn-in steps here ({ULA_RELAXATIONS} relaxation times of the slowest posterior direction).", "",
-                      "| sampler | spec | SBC p | TARP p | max \\|ECP − α\\| | coverage 0.5 [95% CI] | coverage 0.9 [95% CI] | joint 0.9 | verdict | s | figures |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
-            for row_name, row in _rows(burn_in).items():
-                if only and row_name not in only:
-                    continue
+            rows = {name: row for name, row in _rows(burn_in).items() if not only or name in only}
+            skipped = [name for name in _rows(burn_in) if name not in rows]
+            section = [f"## {problem_name}: {problem['label']}, σ = {SIGMA}", "",
+                       f"Rows from `{command}` ({args.trials} truths × {args.replicates} replicates)"
+                       + (f"; not run here: {', '.join(skipped)}." if skipped else "."),
+                       f"ULA needs {burn_in} burn-in steps here ({ULA_RELAXATIONS} relaxation times of the slowest posterior direction).", "",
+                       "| sampler | spec | SBC p | TARP p | max \\|ECP − α\\| | coverage 0.5 [95% CI] | coverage 0.9 [95% CI] | joint 0.9 | verdict | s | figures |",
+                       "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for row_name, row in rows.items():
                 figures = args.figures / f"{problem_name}-{row_name}"
                 shutil.rmtree(figures, ignore_errors=True)
                 result = _calibrate(row_name, problem, row, args.trials, args.replicates, figures, work)
-                lines.append(_line(row_name, row, result, figures, args.out))
-                print(lines[-1], file=sys.stderr, flush=True)
-                args.out.write_text("\n".join(lines) + "\n")  # each row kept as soon as measured
-            lines.append("")
-    args.out.write_text("\n".join(lines))
+                section.append(_line(row_name, row, result, figures, args.out))
+                print(section[-1], file=sys.stderr, flush=True)
+                sections[problem_name] = "\n".join(section) + "\n"
+                write()  # each row kept as soon as measured
+    write()
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
