@@ -1,103 +1,28 @@
-"""SMC samplers (``tds``, ``smc-anneal``) against the exact posterior: the sampler-choice rows, log-evidence, learned prior.
+"""SMC samplers (``tds``) with a learned diffusion prior against the exact posterior of the GMM it was trained on.
 
 ``python benchmarks/bench_smc.py [--quick]`` prints the Markdown section; ``benchmarks/run.py --only smc``
-writes it into BENCHMARKS.md. :func:`choice_rows` is the measurement behind the sampler-choice table: for
-each sampler spec and each exact problem it returns one row with the columns of
-``bench_sampler_choice.py`` (network calls per returned draw, sliced-Wasserstein ratio to the floor,
-exact posterior mass of the per-pixel 90% interval, seconds per draw), so the two tables merge.
-Problems are :func:`uqcampaign.kernels.problems.random_problem` GMMs (σ = 0.05) and the two-mode
-``multimodal_problem``, in float32 as campaigns run; 1024 draws per (sampler, problem), scored with
-:func:`~uqcampaign.kernels.problems.score_samples` against 1024 exact draws.
+writes it into BENCHMARKS.md. The SMC kinds on the exact problems, next to every other sampler kind (network
+calls per draw, accuracy, log-evidence), are rows of the one sampler-choice table
+(``benchmarks/bench_sampler_choice.py``, section ``sampler_choice``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from uqcampaign.kernels.problems import Problem, multimodal_problem, random_problem, score_samples
 from uqcampaign.kernels.samplers.registry import build_sampler
 from uqcampaign.kernels.samplers.smc.sampler import pooled_log_evidence
 from uqcampaign.kernels.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
-N_DRAWS = 1024
-
-
-@dataclass(frozen=True)
-class ProblemSpec:
-    """A named exact problem: ``operator`` kind, ``seed``, ``components`` K and image ``side`` (``(1, side, side)``)."""
-
-    operator: str
-    seed: int
-    components: int
-    side: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.operator} {self.side * self.side}px K={self.components} seed {self.seed}"
-
-    def build(self) -> Problem:
-        if self.operator == "multimodal":
-            return multimodal_problem(dtype=torch.float32)
-        return random_problem(self.operator, "gmm", self.seed, (1, self.side, self.side), self.components, dtype=torch.float32)
-
-
-PROBLEMS = (
-    ProblemSpec("inpaint", 2, 3, 4),
-    ProblemSpec("blur", 3, 5, 4),
-    ProblemSpec("cs", 4, 4, 4),
-    ProblemSpec("multimodal", 0, 2, 4),
-    ProblemSpec("inpaint", 5, 5, 8),
-    ProblemSpec("cs", 6, 3, 8),
-)
-SPECS = ({"kind": "tds"}, {"kind": "smc-anneal"})
 
 
 def _settings(sampler) -> str:
     return ", ".join(f"{k}={v}" for k, v in sampler.describe().items() if k != "kind") or "-"
-
-
-def choice_rows(specs=SPECS, problems=PROBLEMS, n_draws: int = N_DRAWS, seed: int = 0) -> list[dict]:
-    """One row per (spec, problem): ``sampler``, ``settings``, ``problem``, ``nfe_per_draw`` (network calls per returned
-    draw: all calls of the unit over the draws it returns), ``sw_ratio``, ``mass``, ``seconds_per_draw``, and for SMC
-    kinds ``log_evidence``, ``log_evidence_se`` (the runs pooled: :func:`pooled_log_evidence`), ``exact_log_evidence``,
-    ``ess`` and ``resamples`` (means over runs)."""
-    rows = []
-    for problem_spec in problems:
-        problem = problem_spec.build()
-        for spec in specs:
-            sampler = build_sampler(spec)
-            start = time.perf_counter()
-            draws = list(sampler.run(problem.y, problem.operator, problem.prior, problem.sigma, n_draws, 1, torch.Generator().manual_seed(seed)))
-            seconds = time.perf_counter() - start
-            score = score_samples(problem, draws[0].x.double())
-            row = {
-                "sampler": spec["kind"],
-                "settings": _settings(sampler),
-                "problem": problem_spec.name,
-                "nfe_per_draw": sum(d.nfe for d in draws) / len(draws),
-                "sw_ratio": score.ratio,
-                "mass": score.mass,
-                "seconds_per_draw": seconds / n_draws,
-            }
-            info = draws[-1].info or {}
-            if "log_evidence" in info:
-                estimate, se = pooled_log_evidence(info["log_evidence"])
-                row.update(
-                    log_evidence=estimate,
-                    log_evidence_se=se,
-                    exact_log_evidence=float(problem.posterior.log_evidence),
-                    ess=float(info["ess"].mean()),
-                    resamples=float(info["resamples"].float().mean()),
-                )
-            rows.append(row)
-            print(f"[bench smc] {row}", file=sys.stderr, flush=True)
-    return rows
 
 
 def learned_rows(n_draws: int = 128) -> list[dict]:
@@ -149,21 +74,6 @@ def learned_rows(n_draws: int = 128) -> list[dict]:
     return rows
 
 
-def _choice_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| sampler | problem | network calls / draw | SW ratio | 90% mass | s / draw | log p(y) − exact (± SE over runs) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        evidence = "-"
-        if "log_evidence" in r:
-            evidence = f"{r['log_evidence'] - r['exact_log_evidence']:+.3f} ± {r['log_evidence_se']:.3f}"
-        lines.append(
-            f"| {r['sampler']} | {r['problem']} | {r['nfe_per_draw']:.0f} | {r['sw_ratio']:.2f} | {r['mass']:.3f} | {r['seconds_per_draw'] * 1e3:.1f} ms | {evidence} |"
-        )
-    return lines
-
-
 def section(quick: bool = False) -> str:
     """The Markdown section for BENCHMARKS.md (1 torch thread: the batches are small, see ``kernels.threads``)."""
     with torch_threads(1):
@@ -171,44 +81,24 @@ def section(quick: bool = False) -> str:
 
 
 def _section(quick: bool) -> str:
-    specs = SPECS
-    problems = PROBLEMS
-    n_draws = N_DRAWS
-    if quick:
-        specs = tuple({**s, "runs": 2, "particles": 64, "steps": 20} for s in SPECS)
-        problems, n_draws = PROBLEMS[:1], 64
-    rows = choice_rows(specs, problems, n_draws)
-    settings = {r["sampler"]: r["settings"] for r in rows}
+    rows = learned_rows(16 if quick else 128)
     lines = [
-        "## SMC samplers: `tds` and `smc-anneal` against the exact posterior\n",
+        "## SMC with a learned prior: `tds` next to `dps` and `ula`\n",
         f"`python benchmarks/bench_smc.py`{' --quick (smoke run: figures not meaningful)' if quick else ''}: "
-        f"exact GMM problems (σ = 0.05, float32), {n_draws} returned draws each; CPU, 1 torch thread; "
-        "no GPU figures (no GPU in this session). Network calls / draw = all the unit's calls (runs × particles × steps) "
-        "over the draws returned; for `tds` each call also takes one backward pass, `smc-anneal` none. SW ratio = "
-        "sliced-Wasserstein distance to exact draws over the floor (two exact sets); 90% mass = exact posterior mass of the "
-        "per-pixel 90% interval (0.90 is right); log p(y): the runs' pooled estimate (log of the mean of their p(y) "
-        "estimates) minus the exact value, ± its standard error over runs.\n",
-        *(f"- `{kind}`: {value}" for kind, value in settings.items()),
-        "",
-        *_choice_table(rows),
+        "the shipped `priors/gmm8-diffusion` (trained on the known GMM `gmm8`) next to the exact denoiser "
+        "of that GMM, inpainting half of the 8×8 pixels, σ = 0.05, 128 draws, against the exact posterior of the GMM, "
+        "with the settings of `tests/kernels/test_learned_priors.py` (TDS: 8 runs × 32 particles, 250 steps, half of the "
+        "pool returned: a CPU-sized run, far below the defaults, which would take ~8192 network calls with gradient "
+        "per step here); CPU, 1 torch thread; no GPU figures (no GPU in this session). The SMC kinds on the exact "
+        "problems, next to every other kind, are in the sampler-choice table above.\n",
+        "| sampler | prior | network calls / draw | SW ratio | 90% mass | s / draw | log p(y) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    if not quick:
-        learned = learned_rows()
-        lines += [
-            "",
-            "Learned prior: the shipped `priors/gmm8-diffusion` (trained on the known GMM `gmm8`) next to the exact denoiser "
-            "of that GMM, inpainting half of the 8×8 pixels, σ = 0.05, 128 draws, against the exact posterior of the GMM, "
-            "with the settings of `tests/kernels/test_learned_priors.py` (TDS: 8 runs × 32 particles, 250 steps, half of the "
-            "pool returned: a CPU-sized run, far below the defaults, which would take ~8192 network calls with gradient "
-            "per step here):\n",
-            "| sampler | prior | network calls / draw | SW ratio | 90% mass | s / draw | log p(y) |",
-            "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-        ]
-        for r in learned:
-            lines.append(
-                f"| {r['sampler']} | {r['prior']} | {r['nfe_per_draw']:.0f} | {r['sw_ratio']:.2f} | {r['mass']:.3f} | "
-                f"{r['seconds_per_draw'] * 1e3:.1f} ms | {r.get('log_evidence', '-')} |"
-            )
+    for r in rows:
+        lines.append(
+            f"| {r['sampler']} | {r['prior']} | {r['nfe_per_draw']:.0f} | {r['sw_ratio']:.2f} | {r['mass']:.3f} | "
+            f"{r['seconds_per_draw'] * 1e3:.1f} ms | {r.get('log_evidence', '-')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

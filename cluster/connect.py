@@ -1,42 +1,44 @@
-"""Connecting the driver to Ray: start a local instance or join a cluster, never hang.
+"""Connecting the driver to Ray: start a local instance or join a cluster, never hang, stay quiet.
 
-``address`` is one of
+``address`` follows the one grammar of :mod:`uqcampaign.pipeline.address`:
 
 - ``local``: start a Ray instance on this machine sized to it (no dashboard). Ray's files go
   to ``$UQC_RAY_TMPDIR`` when set (tests use a short temporary folder: Ray's socket paths
   must stay under ~100 characters), else Ray's default (``/tmp/ray``);
-- ``auto``: join the cluster started on this machine by ``ray start`` (or ``$RAY_ADDRESS``);
-- ``ray://host:port``: join through Ray Client; ``host:port``: join a cluster's GCS directly.
+- ``auto``, ``host:port``, ``ray://host:port``: join a running cluster through
+  :func:`uqcampaign.pipeline.ray_join.join` (``auto`` resolved, token auth set up, an
+  unreachable cluster or an auth mismatch a one-line :class:`UQError` in seconds, Ray Client retried).
 
-A remote address is probed with a plain TCP connection first, bounded by ``timeout``
-seconds, so an unreachable cluster is a one-line :class:`UQError` in seconds instead of
-Ray's long retry loop. Token authentication (Ray ≥ 2.5x) is left as Ray configures it: a
-joined cluster needs its token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``). A local instance
-gets what Ray ≥ 2.59 gives it by default, token authentication (the token is ``~/.ray/auth_token``,
-made once), but :func:`name_local_auth_mode` says so in ``RAY_AUTH_MODE`` so that Ray does not warn
-about its default on every run; ``uqc run`` calls it before anything imports ``ray`` (Ray reads the
-variable at import).
+A local instance gets what Ray ≥ 2.59 gives it by default, token authentication (the token is
+``~/.ray/auth_token``, made once, unless ``RAY_AUTH_TOKEN`` is set), but
+:func:`name_local_auth_mode` says so in ``RAY_AUTH_MODE`` so that Ray does not warn about its
+default on every run.
+
+While connected, what Ray's GCS publishes to the driver (a lost node's ``Raylet is terminated``
+with its ``[state-dump]`` log tail, "node marked dead") is kept out of the terminal
+(:func:`~uqcampaign.pipeline.ray_join.quiet_ray_messages`): :attr:`Connection.ray_messages`
+collects the first line of each, and the driver reports each lost worker in one line itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import ipaddress
-import logging
 import os
-import socket
 import sys
 import warnings
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.address import Address, parse_address
 from uqcampaign.pipeline.config import is_url
+from uqcampaign.pipeline.ray_join import QUIET_INIT, join, quiet_ray_messages, set_auth_mode
 
-__all__ = ["Connection", "connect", "name_local_auth_mode", "disconnect", "parse_address", "probe", "check_store_reachable", "SharedStoreWarning", "TMPDIR_ENV"]
+__all__ = ["Connection", "connect", "name_local_auth_mode", "disconnect", "check_store_reachable", "SharedStoreWarning", "TMPDIR_ENV"]
 
 TMPDIR_ENV = "UQC_RAY_TMPDIR"
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
 # Ray puts unix sockets at <temp_dir>/session_<date>_<pid>/sockets/plasma_store (~60 characters
 # after temp_dir); a socket path is limited to 107 bytes on Linux.
 _MAX_TMPDIR_CHARS = 45
@@ -48,38 +50,24 @@ class SharedStoreWarning(UserWarning):
 
 @dataclass
 class Connection:
-    """How the driver is attached to Ray: ``owned`` when it started/joined Ray and must shut it down."""
+    """How the driver is attached to Ray.
+
+    ``address``: as given; ``target``: the cluster joined (``auto`` resolved), None for ``local``;
+    ``owned``: this call started/joined Ray and :func:`disconnect` shuts it down;
+    ``ray_messages``: first line of each message Ray published to the driver while connected.
+    """
 
     address: str
     owned: bool
     local: bool
+    target: Address | None = None
+    ray_messages: list[str] = field(default_factory=list)
+    _quiet: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``(host, port)`` of ``ray://host:port`` or ``host:port``; UQError when malformed."""
-    text = address if "://" in address else f"tcp://{address}"
-    try:
-        parts = urlsplit(text)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host, port = None, None
-    if not host or port is None:
-        raise UQError(f"cluster address {address!r} is not host:port; use local, auto, ray://host:10001 or host:6379")
-    return host, port
-
-
-def probe(address: str, timeout: float) -> None:
-    """Open (and close) a TCP connection to the address; UQError naming it when that fails in ``timeout`` s."""
-    host, port = parse_address(address)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
-        raise UQError(
-            f"cannot reach the Ray cluster at {address} ({reason} within {timeout:g} s); "
-            "start it with `ray start --head`, check the address, or use --address local"
-        ) from None
+    def _keep(self, message: str) -> None:
+        first = message.strip().splitlines()[0] if message.strip() else ""
+        if first and first not in self.ray_messages:
+            self.ray_messages.append(first)
 
 
 def _temp_dir() -> str | None:
@@ -93,12 +81,12 @@ def name_local_auth_mode() -> None:
     """Set ``RAY_AUTH_MODE=token`` for a local instance unless the user chose a mode.
 
     Ray ≥ 2.59 turns token authentication on for a new local instance and warns that it did
-    unless the variable names a mode. Ray reads it once, when the process imports ``ray``: set
-    later, this process would keep authentication off while the raylet it starts turns it on, and
-    they could not talk. So nothing is set once ``ray`` is imported (Ray then warns as before).
+    unless the variable names a mode. Ray reads the variable when this process imports ``ray``;
+    :func:`~uqcampaign.pipeline.ray_join.set_auth_mode` reloads Ray's config when ``ray`` is
+    already imported, so this may be called before or after the import, but before ``ray.init``.
     """
-    if AUTH_MODE_ENV not in os.environ and "ray" not in sys.modules and _ray_version() >= (2, 59):
-        os.environ[AUTH_MODE_ENV] = "token"
+    if _ray_version() >= (2, 59):
+        set_auth_mode("token")
 
 
 def _ray_version() -> tuple[int, int]:
@@ -110,40 +98,36 @@ def _ray_version() -> tuple[int, int]:
         return (0, 0)
 
 
-def connect(address: str, *, timeout: float = 5.0) -> Connection:
-    """Attach this process to Ray at ``address`` (see the module docstring).
+def connect(address: str | Address, *, timeout: float = 5.0, say: Callable[[str], None] | None = None) -> Connection:
+    """Attach this process to Ray at ``address`` (see the module docstring); ``say`` receives notes (e.g. retries).
 
     When Ray is already initialised in this process (a test fixture, a notebook), that
     connection is reused and left open (``owned=False``).
     """
-    import ray
+    parsed = parse_address(address) if isinstance(address, str) else address
+    if parsed.kind == "in-process":
+        raise UQError("address in-process runs without Ray: call pipeline.runner.run_campaign")
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        connection = Connection(address=parsed.text, owned=False, local=parsed.kind == "local", target=None if parsed.here else parsed)
+    elif parsed.kind == "local":
+        name_local_auth_mode()
+        import ray
 
-    if ray.is_initialized():
-        return Connection(address=address, owned=False, local=address == "local")
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, _temp_dir=_temp_dir(), **quiet)
-        return Connection(address="local", owned=True, local=True)
-    if address == "auto":
-        try:
-            ray.init(address="auto", **quiet)
-        except (ConnectionError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UQError(f"no Ray cluster to join at address auto ({first}); start one with `ray start --head` or use --address local") from None
-        return Connection(address="auto", owned=True, local=False)
-    probe(address, timeout)
-    try:
-        ray.init(address=address, **quiet)
-    except (ConnectionError, TimeoutError) as exc:
-        raise UQError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}; check the address and the cluster's auth token") from None
-    return Connection(address=address, owned=True, local=False)
+        ray.init(address="local", include_dashboard=False, _temp_dir=_temp_dir(), **QUIET_INIT)
+        connection = Connection(address="local", owned=True, local=True)
+    else:
+        target = join(parsed, timeout=timeout, say=say)  # sets the auth mode before it imports ray
+        connection = Connection(address=parsed.text, owned=True, local=False, target=target)
+    connection._quiet.enter_context(quiet_ray_messages(connection._keep))
+    return connection
 
 
 def disconnect(connection: Connection) -> None:
-    """Shut Ray down in this process when :func:`connect` attached it."""
-    import ray
-
-    if connection.owned and ray.is_initialized():
+    """Stop keeping Ray's messages; shut Ray down in this process when :func:`connect` attached it."""
+    connection._quiet.close()
+    ray = sys.modules.get("ray")
+    if connection.owned and ray is not None and ray.is_initialized():
         ray.shutdown()
 
 
@@ -167,8 +151,8 @@ def check_store_reachable(store: str, connection: Connection) -> str | None:
 
     if is_url(store) and not store.startswith("file://"):
         return None
-    if connection.address.startswith("ray://"):
-        host, _ = parse_address(connection.address)
+    if connection.target is not None and connection.target.kind == "ray-client":
+        host = connection.target.host or ""
         remote = [] if _is_loopback(host) else [host]
     else:
         here = ray.util.get_node_ip_address()

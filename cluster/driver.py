@@ -3,7 +3,8 @@
 Steps of :func:`run_campaign_ray`:
 
 1. attach to Ray (``local`` starts one sized to this machine; ``auto``/``ray://``/``host:port``
-   join a cluster, an unreachable one fails in seconds), see :mod:`.connect`;
+   join a cluster: token auth set up, an unreachable cluster or an auth mismatch fails in
+   seconds), see :mod:`.connect`;
 2. size the pool from the alive nodes (``workers × gpus_per_worker`` must fit), see
    :mod:`.resources`; a local store path with nodes on other hosts is warned about;
 3. take the store's lease (a second ``uqc run`` is refused, naming this one), create, reopen
@@ -13,13 +14,18 @@ Steps of :func:`run_campaign_ray`:
 4. reserve one placement-group bundle ``{CPU: k, GPU: gpus_per_worker}`` per worker with
    strategy ``SPREAD`` and start one :class:`~.worker.HostedWorker` actor in each;
 5. feed the units with :class:`~.scheduler.UnitScheduler` (re-queues the unit of a dead
-   worker, starts a replacement) under a progress bar (chain-draws, draws/s, ETA);
+   worker, starts a replacement) under a progress bar (chain-draws, draws/s, ETA); each lost
+   worker is one line above the bar (which worker, node, Ray's reason, the unit requeued), and
+   what Ray publishes to the driver (raylet log tails of a lost node) stays out of the terminal;
 6. keep the run's Ray facts in the store's ``ray`` attribute (per-unit node/GPU are in
-   ``units/worker``, see :func:`~.worker.worker_label`) and consolidate the metadata.
+   ``units/worker``, see :func:`~.worker.worker_label`; ``events`` and ``ray_messages``: the
+   lines of the lost workers and the first line of each message Ray published) and
+   consolidate the metadata.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -34,6 +40,7 @@ from uqcampaign.cluster.resources import WorkerShape, alive_node_resources, bund
 from uqcampaign.cluster.scheduler import UnitScheduler
 from uqcampaign.cluster.worker import HostedWorker
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.address import parse_address
 from uqcampaign.pipeline.campaign_store import create_or_open
 from uqcampaign.pipeline.config import Campaign
 from uqcampaign.pipeline.lease import Lease, hold_lease
@@ -118,6 +125,7 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
     runs.append(
         {
             "address": connection.address,
+            "joined": connection.target.for_ray if connection.target is not None else None,
             "workers": shape.workers,
             "cpus_per_worker": shape.cpus,
             "gpus_per_worker": shape.gpus,
@@ -127,6 +135,8 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
             "units_requeued": scheduler.stats.units_requeued,
             "seconds": round(seconds, 3),
             "nodes": nodes,
+            "events": list(scheduler.stats.events),
+            "ray_messages": list(connection.ray_messages),
             "workers_seen": [
                 {k: w[k] for k in ("slot", "generation", "node_id", "gpu_ids", "device", "threads", "label")} for w in scheduler.stats.workers
             ],
@@ -142,6 +152,7 @@ def _run_units(
     shape: WorkerShape,
     connection: Connection,
     on_result: Any,
+    on_event: Any,
     stall_timeout: float,
     start: float,
 ) -> list[dict[str, Any]]:
@@ -149,7 +160,7 @@ def _run_units(
     from ray.util.placement_group import remove_placement_group
 
     placement = _placement_group(shape)
-    scheduler = UnitScheduler(_actor_factory(campaign, shape, placement, uuid.uuid4().hex[:8]), shape.workers, units, on_result=on_result, stall_timeout=stall_timeout)
+    scheduler = UnitScheduler(_actor_factory(campaign, shape, placement, uuid.uuid4().hex[:8]), shape.workers, units, on_result=on_result, on_event=on_event, stall_timeout=stall_timeout)
     try:
         return scheduler.run()
     finally:
@@ -183,26 +194,26 @@ def run_campaign_ray(
     """
     console = console or Console(stderr=True)
     address = address or campaign.cluster.address
-    if address == "in-process":
+    if parse_address(address).kind == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
         return run_campaign(campaign, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=console)
     workers = campaign.cluster.workers if workers is None else workers
     gpus = campaign.cluster.gpus_per_worker if gpus_per_worker is None else gpus_per_worker
     start = time.perf_counter()
-    connection = connect(address, timeout=connect_timeout)
+    say = functools.partial(console.print, markup=False, highlight=False)
+    connection = connect(address, timeout=connect_timeout, say=say)
     try:
         nodes = alive_node_resources()
         shape = size_workers(nodes, workers, gpus)
         check_store_reachable(campaign.store_location, connection)
         with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
-            say = lambda text: console.print(text, markup=False)  # noqa: E731
             group, messages = open_campaign_store(
                 campaign, force=force, delete_draws=delete_draws, say=say, budget=worker_budget(nodes, shape, connection.local)
             )
             if resume and not messages:
                 console.print(f"{campaign.store_location}: no earlier run to resume; starting")
-            units, total, written = _run_pending(campaign, group, shape, nodes, gpus, connection, lease, progress, console, stall_timeout, start)
+            units, total, written = _run_pending(campaign, group, shape, nodes, gpus, connection, lease, progress, console, say, stall_timeout, start)
     finally:
         disconnect(connection)
     return RunResult(campaign.store_location, len(units), total, written, time.perf_counter() - start, messages)
@@ -218,6 +229,7 @@ def _run_pending(
     lease: Lease,
     progress: bool,
     console: Console,
+    say: Any,
     stall_timeout: float,
     start: float,
 ) -> tuple[list[Unit], int, int]:
@@ -245,7 +257,7 @@ def _run_pending(
                     finished[0] += 1
                     bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
 
-                results = _run_units(campaign, group, units, shape, connection, advance, stall_timeout, start)
+                results = _run_units(campaign, group, units, shape, connection, advance, say, stall_timeout, start)
             written = sum(result["draws_written"] for result in results)
     finally:
         consolidate(group)  # also after a stop: the attrs of the run stay readable

@@ -9,7 +9,8 @@ all outstanding calls together and
 - on ``RayActorError`` (actor killed, node lost, OOM-killed) puts that slot's unit back at the
   head of the queue and starts a replacement actor in the same bundle, which Ray places once
   resources allow (a restarted actor would have lost its chain anyway: the unit is simply redone
-  from its seed, and chunks already marked done are never written again);
+  from its seed, and chunks already marked done are never written again), and reports the event
+  in one line (``on_event``): which worker, on which node, Ray's reason, which unit was requeued;
 - on a :class:`UQError` from a worker stops at once with that message (no retry storm); a
   unit that loses its worker ``max_attempts`` times, or a slot that cannot start an actor
   ``max_attempts`` times in a row, also stops the campaign.
@@ -17,6 +18,7 @@ all outstanding calls together and
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -29,8 +31,9 @@ from ray.exceptions import GetTimeoutError, NodeDiedError, OutOfMemoryError, Ray
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.units import Unit
 
-__all__ = ["UnitScheduler", "Slot", "SchedulerStats", "WORKER_LOST"]
+__all__ = ["UnitScheduler", "Slot", "SchedulerStats", "WORKER_LOST", "loss_reason"]
 
+_LONG_ID = re.compile(r"\b([0-9a-f]{8})[0-9a-f]{16,}\b")
 # What a lost worker looks like from ray.get: actor killed or crashed, its node gone, OOM-killed.
 WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError)
 
@@ -55,6 +58,7 @@ class SchedulerStats:
     actors_lost: int = 0
     units_requeued: int = 0
     workers: list[dict[str, Any]] = field(default_factory=list)  # info() of every actor that started
+    events: list[str] = field(default_factory=list)  # one line per lost worker
 
 
 def _first_line(exc: BaseException) -> str:
@@ -62,11 +66,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def loss_reason(exc: BaseException) -> str:
+    """Ray's reason for a lost actor, in one line.
+
+    ``ActorDiedError`` reads ``The actor died unexpectedly before finishing this task.`` then
+    tab-indented fields (class_name, actor_id, pid, ip, ...) then the cause (e.g. ``The actor is
+    dead because its node has died.``): the cause is the first line after the fields.
+    """
+    lines = str(exc).splitlines()
+    reason = next((line.strip() for line in lines[1:] if line.strip() and not line.startswith(("\t", " "))), _first_line(exc))
+    return _LONG_ID.sub(r"\1…", reason)  # actor/node ids: 8 hex digits say which
+
+
 class UnitScheduler:
     """Runs ``units`` on ``n_slots`` actors made by ``make_actor(slot_index, generation)``.
 
     ``on_result(result)`` is called with each unit's result dict (``PriorWorker.run``) as it
-    arrives. ``stall_timeout``: seconds with queued units and no live worker before giving up.
+    arrives; ``on_event(line)`` with each lost worker's line (also kept in ``stats.events``).
+    ``stall_timeout``: seconds with queued units and no live worker before giving up.
     """
 
     def __init__(
@@ -76,6 +93,7 @@ class UnitScheduler:
         units: Iterable[Unit],
         *,
         on_result: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
         max_attempts: int = 3,
         stall_timeout: float = 120.0,
         drain_timeout: float = 30.0,
@@ -85,6 +103,7 @@ class UnitScheduler:
         self.slots = [Slot(index=i) for i in range(n_slots)]
         self.queue: deque[Unit] = deque(units)
         self.on_result = on_result
+        self.on_event = on_event
         self.max_attempts = max_attempts
         self.stall_timeout = stall_timeout
         self.drain_timeout = drain_timeout
@@ -103,6 +122,22 @@ class UnitScheduler:
         self.pending[slot.actor.info.remote()] = (slot, slot.generation, None)
         self.stats.actors_started += 1
 
+    def _event(self, slot: Slot, unit: Unit | None, exc: BaseException) -> None:
+        """One line: which worker, on which node (and GPU), Ray's reason, what happens to its unit."""
+        info = slot.info or {}
+        node = info.get("node_id")
+        where = f" on node {node[:12]}" if node else ""
+        gpus = info.get("gpu_ids") or []
+        where += f" (GPU {','.join(gpus)})" if gpus else ""
+        if unit is None:
+            then = "before its first unit; starting it again"
+        else:
+            then = f"unit (measurement {unit.measurement}, block {unit.block}) requeued"
+        line = f"worker {slot.index} lost{where}: {loss_reason(exc)}; {then}"
+        self.stats.events.append(line)
+        if self.on_event is not None:
+            self.on_event(line)
+
     def _replace(self, slot: Slot, unit: Unit | None, exc: BaseException) -> None:
         """The slot's actor died: re-queue its unit, start another actor in the same bundle."""
         self.stats.actors_lost += 1
@@ -111,14 +146,16 @@ class UnitScheduler:
             if self.attempts[unit] >= self.max_attempts:
                 raise UQError(
                     f"unit (measurement {unit.measurement}, block {unit.block}) lost its worker {self.attempts[unit]} times "
-                    f"(last: {_first_line(exc)}); check the nodes' memory and logs, then rerun with --resume"
+                    f"(last: {loss_reason(exc)}); check the nodes' memory and logs, then rerun with --resume"
                 )
+            self._event(slot, unit, exc)
             self.queue.appendleft(unit)
             self.stats.units_requeued += 1
         else:
             slot.start_failures += 1
             if slot.start_failures >= self.max_attempts:
-                raise UQError(f"worker {slot.index} failed to start {slot.start_failures} times in a row: {_first_line(exc)}")
+                raise UQError(f"worker {slot.index} failed to start {slot.start_failures} times in a row: {loss_reason(exc)}")
+            self._event(slot, unit, exc)
         self.kill(slot)
         self._start(slot)
 

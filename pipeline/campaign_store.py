@@ -8,7 +8,9 @@ What a campaign file may change against its store (DESIGN §3):
 - ``draws``, ``chains`` and the number of measurements may grow (never shrink): the store is
   extended by :func:`~uqcampaign.pipeline.store.grow_store` and only the new work runs; the
   measurements already stored must be the first rows of the new ones (checked for files;
-  simulated measurements are prefix-stable by construction);
+  simulated measurements are prefix-stable by construction); ``draws`` only with a sampler whose
+  longer runs repeat a shorter run's draws first (``DRAWS_EXTEND``; not SMC, which pools all of a
+  unit's draws at its end);
 - anything else (``name``, ``store``, ``cluster``, ``reduce``, ``storage_options``) is free.
 
 ``--force`` replaces a refused store, but a store holding draws is deleted only with
@@ -30,6 +32,7 @@ from uqcampaign.pipeline.store import (
     LEASE_DIR,
     Sizes,
     StoreLayout,
+    add_missing_facts,
     check_chain_growth,
     check_layout,
     create_store,
@@ -82,6 +85,22 @@ def growth_refusals(location: str, stored: Sizes, target: Sizes, chunk_chains: i
     except UQError as exc:
         reasons.append(str(exc).split(": ", 1)[1])
     return reasons
+
+
+def _draw_growth_refusal(campaign: Campaign, stored: Sizes, target: Sizes) -> list[str]:
+    """Why the draws cannot grow with this sampler (its ``DRAWS_EXTEND`` is False: SMC), or []."""
+    if target.draws <= stored.draws:
+        return []
+    from uqcampaign.kernels.samplers.registry import build_sampler
+
+    sampler = build_sampler(dict(campaign.sampler))
+    if sampler.DRAWS_EXTEND:
+        return []
+    return [
+        f"draws {stored.draws} -> {target.draws}: sampler {sampler.kind!r} takes all of a unit's draws from one pool at its end, so a unit "
+        f"with more draws would take other draws than those stored (keep draws: {stored.draws} and add chains or measurements, or run "
+        f"draws: {target.draws} into a new store path)"
+    ]
 
 
 def _measurement_count(campaign: Campaign) -> int:
@@ -168,6 +187,7 @@ def create_or_open(
     if not reasons:
         target = Sizes(_measurement_count(campaign), campaign.chains, campaign.draws)
         reasons += growth_refusals(location.url, stored, target, campaign.chunks.chains)
+        reasons += _draw_growth_refusal(campaign, stored, target)
         if not reasons:
             differs = _file_prefix_differs(group, campaign, stored.measurements)
             if differs:
@@ -191,6 +211,9 @@ def create_or_open(
             location.remove_all_but({LEASE_DIR})
         return create_store(campaign, new_layout, location), messages
 
+    added = add_missing_facts(group, campaign)
+    if added:
+        tell(f"{location.url}: written by an earlier uqcampaign: adding the sampler's fact arrays {', '.join(added)} (units done before keep them empty)")
     growing = attrs.get("growing")
     if target == stored and not growing:
         done = int(np.asarray(group["draws_done"][...]).sum())

@@ -134,11 +134,44 @@ def main(
     _options["debug"] = debug
 
 
+def _load_campaign(path: Path) -> Any:
+    """``load_campaign(path)``; its ``CampaignWarning`` warnings are printed as ``warning: …`` on stderr."""
+    import warnings
+
+    from uqcampaign.pipeline.config import CampaignWarning, load_campaign
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CampaignWarning)
+        spec = load_campaign(path)
+    for warning in caught:
+        if issubclass(warning.category, CampaignWarning):
+            err_console.print(f"warning: {_one_line(str(warning.message))}", markup=False)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return spec
+
+
+def _file_address(campaign: Path) -> Any:
+    """The campaign file's ``cluster.address``, parsed (an ``Address``), read before the rest is validated:
+    None when absent or not understood (``load_campaign`` then reports it with its line)."""
+    import yaml
+
+    from uqcampaign.pipeline.address import parse_address
+
+    try:
+        return parse_address(yaml.safe_load(campaign.read_text())["cluster"]["address"])
+    except Exception:  # absent, not a mapping, not YAML, not an address: the full load says what and where
+        return None
+
+
 @app.command()
 @handled
 def run(
     campaign: Path = typer.Argument(..., help="Campaign YAML file."),
-    address: Optional[str] = typer.Option(None, help="Ray address: local, auto, ray://host:10001 or in-process (default: the file's cluster.address)."),
+    address: Optional[str] = typer.Option(
+        None, help="Where to run: local (a Ray instance here), auto (the cluster `ray start` started here), HOST:PORT (a Ray head's GCS port), "
+        "ray://HOST:10001 (Ray Client) or in-process (no Ray); default: the file's cluster.address."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue a store of the same campaign (always safe: draws depend only on the seed)."),
     force: bool = typer.Option(False, "--force", help="Replace a store written by another campaign (says what it removes first)."),
     delete_draws: bool = typer.Option(
@@ -150,16 +183,23 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Run a campaign: sample every (measurement, chain block) unit into the store."""
-    from uqcampaign.pipeline.config import load_campaign
+    from uqcampaign.pipeline.address import parse_address
 
-    spec = load_campaign(campaign)
-    address = address or spec.cluster.address
-    if in_process or address == "in-process":
+    where = parse_address(address) if address else _file_address(campaign)
+    if not in_process and where is not None and where.joins_ray:
+        from uqcampaign.pipeline.ray_join import prepare
+
+        # Before anything imports torch or Ray (Ray reads RAY_AUTH_MODE then): an unreachable
+        # cluster or an auth mismatch is one line in seconds, and the auth mode is set.
+        prepare(where)
+    spec = _load_campaign(campaign)
+    where = parse_address(address or spec.cluster.address)
+    if in_process or where.kind == "in-process":
         from uqcampaign.pipeline.runner import run_campaign
 
         result = run_campaign(spec, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=err_console)
     else:
-        if address == "local":
+        if where.kind == "local":
             from uqcampaign.cluster.connect import name_local_auth_mode
 
             name_local_auth_mode()  # before the driver's modules import Ray
@@ -188,10 +228,9 @@ def validate(
     probe_seconds: float = typer.Option(3.0, "--probe-seconds", min=0.0, help="How long to probe the speed on the first unit (in memory)."),
 ) -> None:
     """Check a campaign as `uqc run` would and print its units, store size, memory, NFE and time; write nothing."""
-    from uqcampaign.pipeline.config import load_campaign
     from uqcampaign.pipeline.validate import report_lines, validate_campaign
 
-    result = validate_campaign(load_campaign(campaign), probe_seconds=probe_seconds)
+    result = validate_campaign(_load_campaign(campaign), probe_seconds=probe_seconds)
     for line in report_lines(result, str(campaign)):
         console.print(line, markup=False, soft_wrap=True)
 
@@ -239,7 +278,10 @@ def kinds(
 def reduce(
     store: str = typer.Argument(..., help="Store path or URL."),
     level: Optional[float] = typer.Option(None, help="Credible level of the intervals, in (0, 1) (default: the campaign's reduce.level)."),
-    address: Optional[str] = typer.Option(None, help="Dask distributed or Ray address for the reduction (default: threads here)."),
+    address: Optional[str] = typer.Option(
+        None, help="Where to reduce: threads here (default, or local), auto, HOST:PORT or ray://HOST:10001 (a Ray cluster, "
+        "Dask-on-Ray), tcp://HOST:8786 (a Dask distributed scheduler)."
+    ),
 ) -> None:
     """Reduce the draws into the summary/ group (mean, std, intervals, R-hat, ESS, chi2)."""
     if level is not None and not 0 < level < 1:
@@ -279,12 +321,16 @@ def report(
     baseline: list[str] = typer.Option(
         [], "--baseline", help="A store of a MAP sampler (map-hqs, map-admm, map-latent) on the same measurements: PSNR, SSIM, chi2 against it (repeatable)."
     ),
+    condition: bool = typer.Option(False, "--condition", help="latino-pro: list the marginal-likelihood proxy and the condition's distance from its start per SAPG iteration."),
 ) -> None:
-    """Print the per-measurement table with a verdict (ok, not converged, too few draws, data misfit, miscalibrated)."""
+    """Print the per-measurement table with a verdict (ok, not converged, too few draws, data misfit, miscalibrated) and the sampler's facts (SMC log-evidence, box, condition)."""
     from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_table
 
     if format not in REPORT_FORMATS:
         raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
+    if condition:
+        _print_condition(store, format)
+        return
     say = lambda text: err_console.print(text, markup=False)  # noqa: E731
     if baseline:
         from uqcampaign.pipeline.baseline import baseline_rows, print_baseline
@@ -342,6 +388,27 @@ def calibrate(
 
     for line in result_lines(result):
         console.print(line, markup=False, soft_wrap=True)
+
+
+def _print_condition(store: str, fmt: str) -> None:
+    """``uqc report --condition``: the SAPG trajectory of every measurement (no summary needed)."""
+    from rich import box
+    from rich.table import Table
+
+    from uqcampaign.pipeline.report import format_rows
+    from uqcampaign.pipeline.store import open_store
+    from uqcampaign.pipeline.unit_facts import condition_rows
+
+    rows = condition_rows(open_store(store))
+    if fmt != "table":
+        print(format_rows(rows, fmt), end="")
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="latino-pro: SAPG per iteration", caption="objective: the marginal-likelihood proxy SAPG ascends (not log p(y | c)); ‖c − c₀‖: distance from the start", caption_justify="left")
+    for column in ("meas.", "iteration", "objective", "‖c − c₀‖"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["measurement"]), str(row["iteration"]), f"{row['objective']:.5g}", f"{row['condition_distance']:.4g}")
+    console.print(table)
 
 
 @app.command()

@@ -6,7 +6,11 @@ are errors everywhere) and reports every problem at once, one line each, sorted 
 :class:`UQErrors`): the key path is mapped back to its line by walking the node tree of
 ``yaml.compose``. The operator, prior and sampler specs are checked
 there too, cheaply (the prior's kind and keys only: nothing is loaded), so a misspelt key of
-theirs also fails with its line.
+theirs also fails with its line. The sampler then checks the campaign's layout
+(``campaign_notes(chains, chunks.chains, draws)``: a point estimate needs ``draws: 1``, latino-pro
+whole-measurement units, an SMC unit at most its ``runs × particles`` draws): refusals are problems
+like the others, warnings are issued as :class:`CampaignWarning` (``uqc`` prints them as
+``warning: …``).
 
 Paths in the file (``store``, ``data.y``, ``data.truth``, ``prior.file``/``path``,
 ``operator.file``/``mask``) are relative to the YAML file's folder, :attr:`Campaign.root`.
@@ -26,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -34,9 +39,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from uqcampaign.kernels.errors import UQError, UQErrors
+from uqcampaign.pipeline.address import parse_address
 
 __all__ = [
     "Campaign",
+    "CampaignWarning",
     "DataSpec",
     "SimulateSpec",
     "NoiseSpec",
@@ -54,6 +61,10 @@ __all__ = [
 # measurements may grow (the store is extended); ``name``, ``store``, ``cluster``, ``reduce`` and
 # ``storage_options`` change nothing that is stored.
 DRAW_KEYS = ("seed", "operator", "noise", "prior", "sampler", "chunks")
+
+
+class CampaignWarning(UserWarning):
+    """A campaign that runs but that its sampler advises against (``file:line: message``)."""
 
 
 def is_url(location: str | Path) -> bool:
@@ -116,7 +127,11 @@ class ChunkSpec(_Model):
 
 
 class ClusterSpec(_Model):
-    """``cluster``: where ``uqc run`` executes (used by the Ray driver, ignored in-process)."""
+    """``cluster``: where ``uqc run`` executes (used by the Ray driver, ignored in-process).
+
+    ``address``: ``local``, ``auto``, ``in-process``, ``host:port`` or ``ray://host:port``
+    (:mod:`uqcampaign.pipeline.address`, the grammar of ``uqc run --address`` too).
+    """
 
     address: str = "local"
     gpus_per_worker: float = Field(default=0.0, ge=0)
@@ -125,9 +140,10 @@ class ClusterSpec(_Model):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value not in ("local", "auto", "in-process") and not value.startswith("ray://"):
-            raise ValueError(f"got {value!r}; use local, auto, in-process or ray://host:port")
-        return value
+        try:
+            return parse_address(value).text
+        except UQError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("workers")
     @classmethod
@@ -176,6 +192,7 @@ class Campaign(_Model):
     storage_options: dict[str, Any] | None = None
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("operator", "prior", "sampler", mode="before")
     @classmethod
@@ -399,8 +416,24 @@ def _validate(raw: Any, path: Path | None, node: yaml.Node | None) -> tuple[Camp
                 by_loc[loc] += f"; did you mean '{'.'.join(map(str, (*loc[:-1], match[0])))}' (missing)?"
                 del by_loc[next(m for m in near if str(m[-1]) == match[0])]
         problems += [_problem(path, node, loc, message) for loc, message in by_loc.items()]
-    problems += _spec_problems(raw, path, node)
+    spec_problems = _spec_problems(raw, path, node)
+    problems += spec_problems
+    if campaign is not None and not spec_problems:
+        notes = _sampler_notes(campaign)
+        problems += [_problem(path, node, tuple(note.key.split(".")), note.message) for note in notes if note.error]
+        campaign._warnings = [_problem(path, node, tuple(note.key.split(".")), note.message)[1] for note in notes if not note.error]
     return campaign, problems
+
+
+def _sampler_notes(campaign: Campaign) -> list[Any]:
+    """The sampler's ``campaign_notes`` on this campaign's chains, chunks and draws (``CampaignNote``s)."""
+    try:
+        from uqcampaign.kernels.samplers.registry import build_sampler
+
+        sampler = build_sampler(dict(campaign.sampler))
+    except (ImportError, UQError):  # reported by _spec_problems, or left to the runner
+        return []
+    return list(sampler.campaign_notes(campaign.chains, campaign.chunks.chains, campaign.draws))
 
 
 def _spec_problems(raw: dict[str, Any], path: Path | None, node: yaml.Node | None) -> list[Problem]:
@@ -476,7 +509,8 @@ def load_campaign(path: str | Path) -> Campaign:
     """Read and validate a campaign YAML file; relative paths resolve against its folder.
 
     Raises :class:`UQError` for a missing file, invalid YAML, unknown keys, wrong types and
-    impossible values, prefixed by ``file:line`` where the key is found.
+    impossible values, prefixed by ``file:line`` where the key is found; the sampler's warnings
+    about the layout are issued as :class:`CampaignWarning`.
     """
     path = Path(path)
     if not path.is_file():
@@ -504,4 +538,6 @@ def load_campaign(path: str | Path) -> Campaign:
     campaign, more = _validate(raw, path, node)
     _raise_problems(problems + more)
     assert campaign is not None
+    for text in campaign._warnings:
+        warnings.warn(text, CampaignWarning, stacklevel=2)
     return campaign.with_root(path.resolve().parent)

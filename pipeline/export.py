@@ -10,7 +10,11 @@ Groups (ArviZ's schema, https://python.arviz.org/en/stable/schema/schema.html):
 - ``observed_data``: ``y_obs`` `(measurement, *obs dims)`;
 - ``constant_data``: ``x_true`` `(measurement, channel, y, x)` when the store knows the truth;
 - ``sample_stats``: ``chi2`` `(chain, draw, measurement)`, the data misfit of each draw, when the
-  store's summary is up to date (the samplers report no other per-draw facts yet).
+  store's summary is up to date; and the sampler's per-draw facts (``outside_box`` of ula/skrock),
+  `(chain, draw, measurement)`, each draw given its unit's mean (the store keeps one per unit,
+  :mod:`~uqcampaign.pipeline.unit_facts`). Per-unit facts that are not per draw (``smc/*``,
+  latino-pro's ``condition*``, ``map/*``) do not fit ArviZ's groups: read them with
+  ``xr.open_zarr(store, group=...)``.
 
 Draws exported: the first ``n = min over the exported measurements and chains of draws_done``
 of every chain — the complete rectangle a reduction uses — so that ``az.summary`` of one
@@ -81,6 +85,7 @@ def inference_data(store: Any, measurement: int | None = None, storage_options: 
     groups: dict[str, Any] = {"posterior": posterior, "observed_data": observed}
     if "x_true" in root:
         groups["constant_data"] = _data_array(root["x_true"], ("measurement", *IMAGE_DIMS)).isel(**pick).to_dataset(name="x_true")
+    stats = {}
     status = summary_status(root)
     if status.state == "fresh" and status.path is not None:
         import zarr
@@ -88,7 +93,12 @@ def inference_data(store: Any, measurement: int | None = None, storage_options: 
         summary = zarr.open_group(root.store, path=status.path, mode="r", use_consolidated=False)
         if "chi2_draws" in summary:
             chi2 = _data_array(summary["chi2_draws"], ("measurement", "chain", "draw")).isel(draw=slice(0, n), **pick)
-            groups["sample_stats"] = chi2.transpose("chain", "draw", ...).to_dataset(name="chi2")
+            stats["chi2"] = chi2.transpose("chain", "draw", ...)
+    stats.update(_per_draw_facts(root, n, pick))
+    if stats:
+        import xarray as xr
+
+        groups["sample_stats"] = xr.Dataset(stats)
     attrs = {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inference_library": "uqcampaign",
@@ -100,6 +110,35 @@ def inference_data(store: Any, measurement: int | None = None, storage_options: 
     for dataset in groups.values():
         dataset.attrs.update(attrs)
     return az.InferenceData(**groups)
+
+
+def _per_draw_facts(root: Any, n: int, pick: dict[str, Any]) -> dict[str, Any]:
+    """The sampler's per-draw facts (``per_draw`` unit arrays) as `(chain, draw[, measurement])` DataArrays of the
+    first ``n`` draws: each chain's draws get its unit's value. Empty for a store whose campaign cannot be rebuilt."""
+    import xarray as xr
+
+    from uqcampaign.pipeline.config import campaign_from_dict
+    from uqcampaign.pipeline.store import sampler_arrays
+
+    try:
+        campaign = campaign_from_dict(dict(json_attr(root, "campaign") or {}), root.attrs.get("campaign_root"))
+        arrays = sampler_arrays(campaign, json_attr(root, "prior") or {})
+    except UQError:  # a layout-1 store or another version's campaign: no declared facts to export
+        return {}
+    chains = int(root["draws_done"].shape[1])
+    block_of = np.arange(chains) // campaign.chunks.chains
+    out = {}
+    for array in arrays:
+        path = array.path
+        if not array.per_draw or path not in root:
+            continue
+        per_chain = np.asarray(root[path][...], dtype=np.float64)[:, block_of]  # (measurement, chain)
+        values = np.broadcast_to(per_chain[:, :, None], (*per_chain.shape, n))
+        data = xr.DataArray(values, dims=("measurement", "chain", "draw"), coords={d: np.arange(k) for d, k in zip(("measurement", "chain", "draw"), values.shape)})
+        data = data.isel(**pick).transpose("chain", "draw", ...)
+        data.attrs = {"long_name": array.long_name, **({"units": array.units} if array.units else {})}
+        out[array.name] = data
+    return out
 
 
 def export_store(

@@ -45,15 +45,27 @@ def _missing_backend(url: str, exc: ImportError) -> UQError:
     return UQError(f"{url}: opening {protocol}:// stores needs {package}, which is not installed; pip install {package} ({exc})")
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What a filesystem raises when storage fails: ``OSError``, and the errors of an object-store client
+    that fsspec lets through (botocore's for an unreachable S3 endpoint or bad credentials)."""
+    errors: tuple[type[BaseException], ...] = (OSError,)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return errors
+    return (*errors, BotoCoreError, ClientError)
+
+
 @contextlib.contextmanager
 def io_errors(location: Any, action: str) -> Iterator[None]:
-    """Turn an ``OSError`` (read-only place, full disk, lost connection) into a one-line UQError."""
+    """Turn a storage failure (read-only place, full disk, lost connection, unreachable endpoint) into a
+    one-line UQError."""
     try:
         yield
     except (UQError, zarr.errors.BaseZarrError):
         raise
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+    except _storage_errors() as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise UQError(
             f"{store_location(location)}: cannot {action}: {' '.join(reason.split())}; check that the location is writable, "
             "reachable and has free space"

@@ -13,8 +13,10 @@ or read, the store is created, or any chain tensor is allocated. A worker holds,
   counted (``uqc validate`` measures them in its probe);
 * the prior's parameters and the operator's buffers (their tensors, measured).
 
-The store holds ``samples`` (M, chains, draws, C, H, W) float32, the measurements, and the
-``summary/`` that ``uqc reduce`` adds (per-pixel statistics in float64 and the per-draw χ²).
+The store holds ``samples`` (M, chains, draws, C, H, W) float32, the measurements, the sampler's
+facts (:func:`fact_bytes`: a latent prior's condition trace is ``iterations × 1 × L × D`` per
+measurement) and the ``summary/`` that ``uqc reduce`` adds (per-pixel statistics in float64 and the
+per-draw χ²).
 Sizes are uncompressed: an upper bound, since posterior draws compress little.
 
 What does not fit is refused with a :class:`UQError` that gives the figures and the fix.
@@ -40,6 +42,7 @@ __all__ = [
     "check_fits",
     "check_campaign",
     "check_stored_campaign",
+    "fact_bytes",
     "local_budget",
     "human_bytes",
 ]
@@ -87,6 +90,7 @@ class Footprint:
     summary: int
     nfe_per_draw: float = 0.0
     nfe_per_unit: float = 0.0
+    facts: int = 0  # the sampler's fact arrays (smc/, condition*, units/outside_box, map/)
 
     @property
     def worker(self) -> int:
@@ -96,7 +100,7 @@ class Footprint:
     @property
     def store(self) -> int:
         """Bytes of the finished, reduced store (uncompressed)."""
-        return self.samples + self.measurements + self.summary
+        return self.samples + self.measurements + self.summary + self.facts
 
     @property
     def nfe_total(self) -> float:
@@ -118,7 +122,8 @@ class Footprint:
         )
 
     def store_parts(self) -> str:
-        return f"samples {human_bytes(self.samples)} + measurements {human_bytes(self.measurements)} + summary {human_bytes(self.summary)}"
+        facts = f" + sampler facts {human_bytes(self.facts)}" if self.facts else ""
+        return f"samples {human_bytes(self.samples)} + measurements {human_bytes(self.measurements)} + summary {human_bytes(self.summary)}{facts}"
 
 
 def object_bytes(obj: Any) -> int:
@@ -187,7 +192,28 @@ def footprint(
         summary=summary,
         nfe_per_draw=float(sampler.nfe_per_draw()),
         nfe_per_unit=float(sampler.nfe_per_unit(draws)),
+        facts=fact_bytes(campaign, sampler, prior_description, m),
     )
+
+
+def fact_bytes(campaign: Campaign, sampler: Any, prior_description: dict[str, Any], n_measurements: int) -> int:
+    """Bytes of the sampler's fact arrays (``unit_arrays``) in a store of ``n_measurements``: one value per
+    measurement, or per unit (a ``chain`` block dimension counted as ``chains`` entries)."""
+    import numpy as np
+
+    try:
+        arrays = sampler.unit_arrays(campaign.chunks.chains, prior_description)
+    except UQError:  # a description without what the sampler needs: the sampler check names it
+        return 0
+    total = 0
+    for array in arrays:
+        entries = math.prod(array.shape)
+        if array.block_dim == "chain":
+            entries = entries // campaign.chunks.chains * campaign.chains
+        elif array.block_dim is not None:
+            entries *= campaign.n_blocks
+        total += entries * np.dtype(array.dtype).itemsize
+    return n_measurements * total
 
 
 @dataclass(frozen=True)

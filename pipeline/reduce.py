@@ -21,11 +21,12 @@ ignored, and a chain behind the others limits all of them). A measurement with
 ``n_m < 4`` (too few for split R̂) is left NaN, with a warning; a store with no draw at all,
 or with no measurement of 4 complete draws, is refused. ``summary/draws_used`` records ``n_m``.
 
-Scheduler: threads here by default; ``address="ray://…"`` or ``"auto"`` runs the same graph
-on a Ray cluster (Dask-on-Ray: ``ray.util.dask.ray_dask_get`` when it imports — it needs
-pyarrow for ``dask.dataframe`` — else dask's local scheduler submitting every task as a Ray
-task); ``"tcp://…"`` on a Dask distributed scheduler (needs the ``distributed`` package).
-Workers must see the store (shared filesystem or fsspec URL).
+Scheduler (``address``, the grammar of :mod:`.address`): threads here by default (None,
+``local``, ``in-process``); ``auto``, ``host:port`` or ``ray://host:port`` runs the same graph on a
+Ray cluster, joined by :func:`.ray_join.join` (Dask-on-Ray: ``ray.util.dask.ray_dask_get`` when it
+imports — it needs pyarrow for ``dask.dataframe`` — else dask's local scheduler submitting every
+task as a Ray task); ``tcp://host:port`` on a Dask distributed scheduler. Workers must see the
+store (shared filesystem or fsspec URL).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import ctypes
 import functools
 import json
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, Future
@@ -47,8 +49,10 @@ import numpy as np
 import zarr
 
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.pipeline.address import Address, parse_address
 from uqcampaign.pipeline.diagnostics import MIN_DRAWS, BlockSummary, summarize
 from uqcampaign.pipeline.location import Location, io_errors
+from uqcampaign.pipeline.ray_join import join
 from uqcampaign.pipeline.store import consolidate, json_attr, obs_array, open_store, store_location, sync_coordinates
 from uqcampaign.pipeline.summary import SUMMARY_NEW, discard_new_summary, open_summary_group, publish_summary, recover_summary
 
@@ -113,7 +117,7 @@ def _draws_used(done: np.ndarray) -> np.ndarray:
 
 def _n_workers(address: str | None) -> int:
     """Tasks running at once in this process: the threads of the local scheduler, else 1."""
-    if address is None or address in ("local", "threads"):
+    if _check_address(address) is None:
         return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
     return 1  # remote workers hold their own tiles
 
@@ -214,60 +218,55 @@ class _RayExecutor(Executor):
         return self._call.remote(fn, args, kwargs).future()
 
 
-def _check_address(address: str | None) -> None:
-    """Refuse an address no scheduler understands (before anything is written)."""
-    if address is None or address in ("local", "threads", "auto") or address.startswith("ray://"):
-        return
-    if address.startswith(("tcp://", "tls://")):
+def _check_address(address: str | None) -> Address | None:
+    """The parsed ``--address`` (:mod:`.address`'s grammar), checked before anything is written; None: threads here."""
+    if address is None:
+        return None
+    parsed = parse_address(address, purpose="reduce")
+    if parsed.kind == "dask":
         try:
             import distributed  # noqa: F401
         except ImportError:
             raise UQError(f"reduce --address {address} needs dask.distributed; pip install distributed, or reduce on threads (no --address)") from None
-        return
-    raise UQError(f"reduce address {address!r} is not understood; give ray://HOST:PORT, auto, or tcp://HOST:PORT (Dask)")
+    return None if parsed.here else parsed
 
 
 @contextlib.contextmanager
 def _scheduler(address: str | None, n_workers: int) -> Iterator[dict[str, Any]]:
     """Dask compute keywords for ``address`` (see the module docstring); checked by :func:`_check_address`."""
-    _check_address(address)
-    if address is None or address in ("local", "threads"):
+    parsed = _check_address(address)
+    if parsed is None:
         yield {"scheduler": "threads", "num_workers": n_workers}
         return
-    if address.startswith(("tcp://", "tls://")):
+    if parsed.kind == "dask":
         from distributed import Client
 
         try:
-            client = Client(address, timeout="10s", set_as_default=False)
+            client = Client(parsed.text, timeout="10s", set_as_default=False)
         except OSError as exc:
-            raise UQError(f"cannot reach the Dask scheduler at {address} ({exc}); check the address") from None
+            raise UQError(f"cannot reach the Dask scheduler at {parsed.text} ({exc}); check the address") from None
         with client:
             yield {"scheduler": client}
         return
-    if address == "auto" or address.startswith("ray://"):
+    ray = sys.modules.get("ray")
+    started = False
+    if ray is None or not ray.is_initialized():
+        join(parsed, say=lambda note: print(note, file=sys.stderr))  # auth mode, probe, Ray Client retry; UQError with Ray's reason
         import ray
 
-        started = False
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, log_to_driver=False)
-            except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError depending on Ray's path
-                raise UQError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}); check the address and that the cluster is up") from None
-            started = True
+        started = True
+    try:
         try:
-            try:
-                from ray.util.dask import ray_dask_get
+            from ray.util.dask import ray_dask_get
 
-                kwargs: dict[str, Any] = {"scheduler": ray_dask_get}
-            except ImportError:  # ray.util.dask imports dask.dataframe (needs pyarrow): same graph, Ray tasks
-                workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-                kwargs = {"scheduler": "threads", "pool": _RayExecutor(workers), "num_workers": workers}
-            yield kwargs
-        finally:
-            if started:
-                ray.shutdown()
-        return
-    raise UQError(f"reduce address {address!r} is not understood; give ray://HOST:PORT, auto, or tcp://HOST:PORT (Dask)")
+            kwargs: dict[str, Any] = {"scheduler": ray_dask_get}
+        except ImportError:  # ray.util.dask imports dask.dataframe (needs pyarrow): same graph, Ray tasks
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            kwargs = {"scheduler": "threads", "pool": _RayExecutor(workers), "num_workers": workers}
+        yield kwargs
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -338,7 +338,17 @@ def _rows(view: SummaryView, calibration: dict[str, Any] | None = None, extra: d
                 "reasons": "; ".join(verdict.reasons),
             }
         )
+    _add_sampler_facts(view, rows)
     return rows
+
+
+def _add_sampler_facts(view: SummaryView, rows: list[dict[str, Any]]) -> None:
+    """The sampler's facts per measurement (:func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) into ``rows``, their flags into ``flag`` ("" when none)."""
+    from uqcampaign.pipeline.unit_facts import fact_flags, measurement_facts
+
+    for row, facts in zip(rows, measurement_facts(view.root, len(rows))):
+        row.update(facts)
+        row["flag"] = ", ".join(fact_flags(facts))
 
 
 def report_rows(
@@ -354,7 +364,10 @@ def report_rows(
     has p < :data:`DRAW_PVALUE` under its reference law, the worst one) and ``implausible`` /
     ``plausibility_worst`` (draws scored by ``reduce`` whose prior-plausibility p < :data:`DRAW_PVALUE`;
     None when not scored), ``converged`` (Markov chains: the convergence check; None otherwise),
-    ``verdict`` (one word) and ``reasons``.
+    ``verdict`` (one word) and ``reasons``, the sampler's facts where the store keeps them
+    (``log_evidence``/``log_evidence_se``/``log_evidence_runs``, ``outside_box``,
+    ``condition_shift``/``objective_first``/``objective_last``/``objective_trend``:
+    :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) and ``flag`` (their flags, "" when fine).
     ``calibration``: a ``uqc calibrate`` store (see :func:`find_calibration`); ``extra``: more
     ``(word, reason)`` per measurement from other flags.
     Raises :class:`UQError` when the store has no draws or its summary is missing or stale,
@@ -433,9 +446,16 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
         ),
         caption_justify="left",
     )
+    from uqcampaign.pipeline.unit_facts import fact_columns
+
+    facts = fact_columns(rows)
     for column, justify in (("meas.", "right"), ("draws", "right"), ("coverage", "right"), ("R̂ max", "right"), ("ESS bulk min", "right"),
-                            ("ESS tail min", "right"), ("χ² mean", "right"), ("χ² out", "right"), ("implausible", "right"), ("verdict", "left")):
-        table.add_column(column, justify=justify, no_wrap=column in ("draws", "R̂ max", "verdict"))
+                            ("ESS tail min", "right"), ("χ² mean", "right"), ("χ² out", "right"), ("implausible", "right")):
+        table.add_column(column, justify=justify, no_wrap=column in ("draws", "R̂ max"))
+    for header, _, caption in facts:
+        table.add_column(header, justify="right")
+        table.caption = f"{table.caption} · {caption}"
+    table.add_column("verdict", justify="left", no_wrap=True)
     for row in rows + [total]:
         planned = "?" if row["draws_planned"] is None else str(row["draws_planned"])
         style = "green" if row["verdict"] == "ok" else "bold red"
@@ -450,6 +470,7 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
             _fmt(row["chi2_mean"], ".3f"),
             "—" if row["chi2_outliers"] is None else str(row["chi2_outliers"]),
             "—" if row["implausible"] is None else str(row["implausible"]),
+            *(text(row) for _, text, _ in facts),
             f"[{style}]{row['verdict']}[/]",
             end_section=row is rows[-1],
         )
@@ -459,6 +480,7 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
         details = [row["reasons"]] if row["reasons"] else []
         details += [f"worst χ² {row['chi2_worst']}"] if row.get("chi2_worst") and row.get("chi2_outliers") else []
         details += [f"least plausible {row['plausibility_worst']}"] if row.get("plausibility_worst") and row.get("implausible") else []
+        details += [row["flag"]] if row.get("flag") else []
         if details:
             out.print(f"{row['measurement']}: {row['verdict']}: {'; '.join(details)}", markup=False, soft_wrap=True)
     if record is not None:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.campaign_store import create_or_open
 from uqcampaign.pipeline.config import Campaign
 from uqcampaign.pipeline.lease import hold_lease
@@ -95,11 +96,14 @@ def prepare_store(
 
 
 def check_sampler(campaign: Campaign, prior: Any, operator: Any, sampler: Any) -> None:
-    """UQError if ``sampler`` refuses this prior/operator/noise; runs no sampling step.
+    """UQError if ``sampler`` refuses this campaign's layout (``campaign_notes``) or prior/operator/noise; runs no sampling step.
 
     Every sampler's ``run`` checks its inputs when called and returns a lazy generator, so
     calling it on a zero measurement ``(*obs_shape)`` and never consuming it costs nothing.
     """
+    refused = [note.message for note in sampler.campaign_notes(campaign.chains, campaign.chunks.chains, campaign.draws) if note.error]
+    if refused:  # load_campaign refuses these too; a campaign built another way is checked here
+        raise UQError(refused[0])
     y = torch.zeros(tuple(operator.obs_shape), dtype=torch.float32)  # prepare_store builds on the CPU
     sampler.run(y, operator, prior, campaign.noise.sigma, 1, 1, torch.Generator())
 

@@ -12,7 +12,19 @@ array              dims                                         chunks
 ``x_true``         measurement, channel, y, x                   one measurement (only when known)
 ``draws_done``     measurement, chain                           (1, chunks.chains): each unit owns its chunk
 ``units/*``        measurement, block                           (1, 1): per-unit stats, written by the unit
+sampler facts      measurement, … (the sampler declares them)   one unit's share (see below)
 =================  ===========================================  =================================
+
+Sampler facts: what a sampler reports in ``Draw.info`` and declares with ``unit_arrays``
+(:class:`~uqcampaign.kernels.samplers.base.UnitArray`) is kept in ``group/name`` with dims
+``(measurement, [block], *dims)``: ``units/outside_box`` (ula, skrock), ``smc/ess``,
+``smc/resamples``, ``smc/log_evidence`` ``(measurement, run)`` (tds, smc-anneal; run = block × runs + r),
+root ``condition``/``condition_start`` ``(measurement, *k)``, ``condition_trace (measurement,
+iteration, *k)``, ``objective_trace (measurement, iteration)`` (latino-pro, one unit per measurement),
+``map/residual (measurement, block, iteration)`` (map-hqs, map-admm), ``map/objective (measurement,
+iteration, chain)`` (map-latent). Each unit writes only its own chunk (its block's entries along the
+block dimension, which the array names in attr ``block_dim`` when it is not ``block``/``chain``), before
+the ``draws_done`` write that completes the unit (:mod:`~uqcampaign.pipeline.unit_facts`).
 
 The arrays are declared as a list of :class:`ArraySpec` (:func:`campaign_arrays`): their chunks
 follow from their dimensions (:func:`dimension_chunks`), so a later array or group (per-unit
@@ -63,6 +75,7 @@ import numpy as np
 import zarr
 
 from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.samplers.facts import BLOCK, UnitArray
 from uqcampaign.pipeline.config import Campaign, campaign_from_dict
 from uqcampaign.pipeline.location import Location, io_errors, store_location
 
@@ -77,6 +90,9 @@ __all__ = [
     "Sizes",
     "UnitStats",
     "campaign_arrays",
+    "unit_array_spec",
+    "sampler_arrays",
+    "add_missing_facts",
     "dimension_chunks",
     "create_store",
     "grow_store",
@@ -121,19 +137,32 @@ COORD_NAMES = {
     "x": "image column (pixels, left to right)",
     "block": "chain block (one work unit)",
     "worker_char": "byte of the worker name",
+    "run": "SMC run (chain block x runs + run within the block)",
+    "iteration": "iteration (SAPG or optimiser)",
+    "k": "coordinate of the condition vector",
+    "prompt": "prompt of the condition embedding",
+    "token": "token of the condition embedding",
+    "embedding": "feature of a token's embedding",
 }
 
 
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of the store: ``path`` (e.g. ``"units/seconds"``), ``dims`` (dimension names),
-    ``dtype``, ``fill`` and CF ``attrs``; its chunks come from :func:`dimension_chunks`."""
+    ``dtype``, ``fill`` and CF ``attrs``; its chunks come from :func:`dimension_chunks`.
+
+    ``sizes``: the lengths of dimensions the campaign does not size (a sampler fact's ``run``,
+    ``iteration``, ``k``…), one chunk each, except ``block_dim``: the dimension along which each
+    chain block owns ``sizes[block_dim]`` entries (size = blocks × that, one chunk per block).
+    """
 
     path: str
     dims: tuple[str, ...]
     dtype: str
     fill: Any
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    block_dim: str | None = None
 
 
 @dataclass(frozen=True)
@@ -322,8 +351,31 @@ def dimension_chunks(campaign: Campaign) -> dict[str, int]:
     return {"measurement": 1, "chain": campaign.chunks.chains, "draw": campaign.chunks.draws, "block": 1}
 
 
-def campaign_arrays(obs_shape: tuple[int, ...], has_truth: bool) -> list[ArraySpec]:
-    """The arrays of a campaign store (see the module docstring), in creation order."""
+def unit_array_spec(array: UnitArray) -> ArraySpec:
+    """The store array of a sampler fact: ``group/name`` with dims ``(measurement, [block], *dims)`` (see the
+    module docstring); float fill NaN, integer fill -1 (a unit never run)."""
+    dims = ("measurement", *((BLOCK,) if array.block_dim == BLOCK else ()), *array.dims)
+    attrs: dict[str, Any] = {"long_name": array.long_name}
+    if array.units is not None:
+        attrs["units"] = array.units
+    own = array.block_dim is not None and array.block_dim not in GROWABLE_DIMS
+    if own:
+        attrs["block_dim"] = array.block_dim  # grow_store: blocks × its chunk length
+    fill = np.nan if np.dtype(array.dtype).kind == "f" else -1
+    return ArraySpec(array.path, dims, array.dtype, fill, attrs, dict(zip(array.dims, array.shape)), array.block_dim if own else None)
+
+
+def sampler_arrays(campaign: Campaign, prior: Mapping[str, Any]) -> tuple[UnitArray, ...]:
+    """The facts the campaign's sampler declares for a full unit (``chunks.chains`` chains) with the
+    prior described by ``prior`` (its ``describe()``, as the store's attr ``prior`` keeps it)."""
+    from uqcampaign.kernels.samplers.registry import build_sampler
+
+    return tuple(build_sampler(dict(campaign.sampler)).unit_arrays(campaign.chunks.chains, dict(prior or {})))
+
+
+def campaign_arrays(obs_shape: tuple[int, ...], has_truth: bool, unit_arrays: tuple[UnitArray, ...] = ()) -> list[ArraySpec]:
+    """The arrays of a campaign store (see the module docstring), in creation order; ``unit_arrays``:
+    the sampler's facts (:func:`sampler_arrays`)."""
     obs_dims = tuple(obs_dim_names(obs_shape))
     specs = [
         ArraySpec("samples", SAMPLE_DIMS, "float32", np.nan, {"long_name": "posterior sample of the image x"}),
@@ -339,6 +391,7 @@ def campaign_arrays(obs_shape: tuple[int, ...], has_truth: bool) -> list[ArraySp
         ArraySpec("units/draws_written", unit, "int32", -1, {"long_name": "draws written by the unit's last run (-1: never run)", "units": "1"}),
         ArraySpec("units/device", unit, "int16", -2, {"long_name": "device of the unit (-1 cpu, k cuda:k, -2 unknown)"}),
         ArraySpec("units/worker", (*unit, "worker_char"), "uint8", 0, {"long_name": "worker name, UTF-8, NUL padded"}),
+        *(unit_array_spec(array) for array in unit_arrays),
     ]
     return specs
 
@@ -351,6 +404,22 @@ def _dim_sizes(sizes: Sizes, campaign: Campaign, img_shape: tuple[int, ...], obs
         **dict(zip(obs_dim_names(obs_shape), obs_shape)),
         "worker_char": WORKER_BYTES,
     }
+
+
+def _spec_shape(spec: ArraySpec, dims: Mapping[str, int], chunks: Mapping[str, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(shape, chunks)`` of ``spec`` in a store of dimension sizes ``dims`` (see :class:`ArraySpec`)."""
+    shape, chunk = [], []
+    for d in spec.dims:
+        if d in dims:
+            shape.append(dims[d])
+            chunk.append(chunks.get(d, dims[d]))
+        elif d == spec.block_dim:
+            shape.append(dims[BLOCK] * spec.sizes[d])
+            chunk.append(spec.sizes[d])
+        else:
+            shape.append(spec.sizes[d])
+            chunk.append(max(spec.sizes[d], 1))
+    return tuple(shape), tuple(chunk)
 
 
 def create_store(campaign: Campaign, layout: StoreLayout, location: Location | None = None) -> zarr.Group:
@@ -384,13 +453,15 @@ def create_store(campaign: Campaign, layout: StoreLayout, location: Location | N
                 **{k: json.dumps(layout.descriptions.get(k), sort_keys=True) for k in ("operator", "prior", "sampler")},
             },
         )
-        for spec in campaign_arrays(obs_shape, layout.x_true is not None):
+        facts = sampler_arrays(campaign, layout.descriptions.get("prior") or {})
+        for spec in campaign_arrays(obs_shape, layout.x_true is not None, facts):
             parent, _, name = spec.path.rpartition("/")
             where = group.require_group(parent) if parent else group
+            shape, chunk = _spec_shape(spec, dims, chunks)
             where.create_array(
                 name,
-                shape=tuple(dims[d] for d in spec.dims),
-                chunks=tuple(chunks.get(d, dims[d]) for d in spec.dims),
+                shape=shape,
+                chunks=chunk,
                 dtype=spec.dtype,
                 fill_value=spec.fill,
                 dimension_names=list(spec.dims),
@@ -403,6 +474,27 @@ def create_store(campaign: Campaign, layout: StoreLayout, location: Location | N
         group.attrs["initialized"] = 1
     consolidate(group)
     return open_store(location, mode="r+")
+
+
+def add_missing_facts(group: zarr.Group, campaign: Campaign) -> list[str]:
+    """Create the sampler-fact arrays (:func:`sampler_arrays`) a store written by an earlier version lacks,
+    sized to the store; returns their paths. Units completed before keep the fill value there (NaN, -1)."""
+    facts = sampler_arrays(campaign, json_attr(group, "prior") or {})
+    sizes = store_sizes(group)
+    dims = {**sizes.as_dict(), "block": math.ceil(sizes.chains / campaign.chunks.chains)}
+    added = []
+    with io_errors(group, "add the sampler's fact arrays"):
+        for spec in (unit_array_spec(array) for array in facts):
+            if spec.path in group:
+                continue
+            parent, _, name = spec.path.rpartition("/")
+            where = group.require_group(parent) if parent else group
+            shape, chunk = _spec_shape(spec, dims, dimension_chunks(campaign))
+            where.create_array(name, shape=shape, chunks=chunk, dtype=spec.dtype, fill_value=spec.fill, dimension_names=list(spec.dims), attributes=dict(spec.attrs))
+            added.append(spec.path)
+        if added:
+            sync_coordinates(group)
+    return added
 
 
 def _members(group: zarr.Group) -> list[tuple[str, Any]]:
@@ -461,7 +553,8 @@ def grow_store(
     """Extend the store to ``measurements``/``chains``/``draws`` (None: unchanged); returns the new sizes.
 
     Every array of the store but ``summary*`` is resized along the dimensions it has among
-    ``measurement, chain, draw, block`` (``block`` = ceil(chains / chunks.chains)), coordinates
+    ``measurement, chain, draw, block`` (``block`` = ceil(chains / chunks.chains)), and along the
+    dimension a sampler fact names in attr ``block_dim`` (blocks × its chunk length), coordinates
     too; stored values are never touched (new cells read as the fill value: NaN draws,
     ``draws_done`` 0). New measurements get their rows ``y_obs`` `(new, *obs_shape)` and
     ``x_true`` `(new, C, H, W)` (required when the store keeps a truth). ``campaign`` (the grown
@@ -500,7 +593,11 @@ def grow_store(
                 dims = arr.metadata.dimension_names or ()
                 if dims == (name,):
                     continue
-                shape = tuple(target.get(d, n) if d in GROWABLE_DIMS else n for d, n in zip(dims, arr.shape))
+                sizes = dict(target)
+                own = arr.attrs.get("block_dim")  # a sampler fact's dimension shared by the chain blocks
+                if own in dims:
+                    sizes[own] = target[BLOCK] * arr.chunks[dims.index(own)]
+                shape = tuple(sizes[d] if d in sizes and (d in GROWABLE_DIMS or d == own) else n for d, n in zip(dims, arr.shape))
                 if shape != arr.shape:
                     arr.resize(shape)
         if added:

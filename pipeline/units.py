@@ -6,7 +6,9 @@ generator (``unit_generator(seed, m, block, device)``), streams the sampler's dr
 buffer of ``chunks.draws`` draws and writes each full buffer as one Zarr chunk, then updates
 ``draws_done``. Chunks already done (a resumed unit) are recomputed — the chain must pass
 through them — but never written again: the draws are deterministic, so what is on storage
-is what would have been written.
+is what would have been written. The sampler's facts (``Draw.info``, declared by its
+``unit_arrays``) are collected from every draw and written into the unit's own chunk of their
+arrays just before the last ``draws_done`` write (:mod:`~uqcampaign.pipeline.unit_facts`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 
 from uqcampaign.kernels.rng import unit_generator
 from uqcampaign.pipeline.config import Campaign
-from uqcampaign.pipeline.store import DrawWriter, UnitStats, obs_array, open_store, write_unit_stats
+from uqcampaign.pipeline.store import DrawWriter, UnitStats, json_attr, obs_array, open_store, sampler_arrays, write_unit_stats
+from uqcampaign.pipeline.unit_facts import UnitFacts, write_unit_facts
 
 __all__ = ["Unit", "UnitStats", "count_measurements", "plan_units", "pending_units", "run_unit", "load_components", "default_worker_name"]
 
@@ -115,18 +118,22 @@ def run_unit(
     y = torch.as_tensor(np.asarray(obs_array(group)[m]), dtype=torch.float32, device=device)  # (*obs_shape)
     generator = unit_generator(campaign.seed, m, unit.block, device)
     chunks = campaign.draw_chunks()
+    facts = UnitFacts(sampler_arrays(campaign, json_attr(group, "prior") or {}), sampler.kind)
     # (chain, draw, C, H, W) on the sampler's device: one host transfer per chunk, not a sync per draw
     buffer = torch.empty((n_chains, campaign.chunks.draws, *prior.img_shape), dtype=torch.float32, device=device)
     written = nfe = 0
     k = 0  # index of the chunk being filled
     for draw in sampler.run(y, operator, prior, campaign.noise.sigma, n_chains, campaign.draws, generator):
         nfe += draw.nfe
+        facts.observe(draw)
         chunk = chunks[k]
         buffer[:, draw.index - chunk.start] = draw.x.detach()
         if draw.index + 1 < chunk.stop:
             continue
         if chunk.stop > already:  # a done chunk was recomputed only to move the chain on
             writer.write(m, chains, chunk, buffer[:, : chunk.stop - chunk.start].cpu().numpy())
+            if k == len(chunks) - 1:  # the unit's facts, before the write that completes it
+                write_unit_facts(group, m, unit.block, facts.arrays, facts.values(n_chains))
             writer.mark_done(m, chains, chunk.stop)
             new = chunk.stop - max(chunk.start, already)  # a grown partial chunk is rewritten with its done draws
             written += new

@@ -147,6 +147,7 @@ class LatentConsistencyPrior(NetworkPrior):
             "guidance_scale": self.guidance_scale,
             "prediction_type": self.prediction_type,
             "latent_shape": list(self.latent_shape),
+            "condition_shape": list(self.condition.shape),  # (1, L, D): latino-pro's store arrays are declared from it
         }
 
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, ClassVar, Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 from uqcampaign.kernels.errors import UQError, require
+from uqcampaign.kernels.samplers.facts import BLOCK, CampaignNote, UnitArray
 
 __all__ = [
     "Draw",
     "StateSize",
+    "UnitArray",
+    "CampaignNote",
+    "BLOCK",
     "Sampler",
     "ConfiguredSampler",
     "check_run_inputs",
@@ -61,6 +66,10 @@ class Sampler(Protocol):
 
     def describe(self) -> dict: ...
 
+    def unit_arrays(self, n_chains: int, prior: Mapping[str, Any]) -> tuple[UnitArray, ...]: ...
+
+    def campaign_notes(self, chains: int, chunk_chains: int, draws: int) -> list[CampaignNote]: ...
+
 
 class StateSize(NamedTuple):
     """Memory a sampler holds while it runs one unit: ``bytes``, and ``what`` they are (for messages)."""
@@ -75,6 +84,15 @@ class ConfiguredSampler:
     config: Any
     kind: str
 
+    #: True when the chains of one measurement interact (one estimate from all of them, e.g.
+    #: latino-pro's condition): a work unit must then be the whole measurement (``chunks.chains == chains``)
+    INTERACTING_CHAINS: ClassVar[bool] = False
+    #: the most draws per chain a run returns (point estimates: 1), None for no limit
+    MAX_DRAWS: ClassVar[int | None] = None
+    #: True when a run with more draws yields a shorter run's draws first (a Markov chain, independent
+    #: runs): a store may then grow in draws; False for SMC, whose draws are all taken from one pool at the end
+    DRAWS_EXTEND: ClassVar[bool] = True
+
     #: live ``(chains, C, H, W)`` float32 tensors at the peak of one step (state, proposal,
     #: temporaries), used by the pre-flight memory estimate; a kind that does not say is
     #: assumed to hold 8, and ``STATE_TENSORS`` names them
@@ -88,6 +106,30 @@ class ConfiguredSampler:
     def nfe_per_unit(self, n_draws: int) -> float:
         """Network calls per chain for ``n_draws`` draws of one unit (burn-in included where there is one)."""
         return n_draws * self.nfe_per_draw()  # type: ignore[attr-defined]
+
+    def unit_arrays(self, n_chains: int, prior: Mapping[str, Any]) -> tuple[UnitArray, ...]:
+        """The facts ``run`` reports in ``Draw.info`` that a campaign store keeps (none by default).
+
+        ``n_chains``: chains of a full work unit; ``prior``: the prior's description (``describe()``).
+        Every key a kind reports must be declared here (``tests/kernels/test_unit_arrays.py``).
+        """
+        return ()
+
+    def campaign_notes(self, chains: int, chunk_chains: int, draws: int) -> list[CampaignNote]:
+        """What this sampler refuses (``error``) or warns about in a campaign of ``chains`` chains per
+        measurement in units of ``chunk_chains``, ``draws`` draws per chain; checked when the campaign
+        file is loaded. The base checks ``INTERACTING_CHAINS`` and ``MAX_DRAWS``; a kind adds its own."""
+        notes = []
+        if self.INTERACTING_CHAINS and chunk_chains != chains:
+            notes.append(CampaignNote(
+                "chunks.chains",
+                f"sampler {self.kind!r} estimates one quantity from all chains of a measurement, so a work unit must hold "
+                f"them all: set chunks.chains: {chains} (= chains; now {chunk_chains})",
+            ))
+        if self.MAX_DRAWS is not None and draws > self.MAX_DRAWS:
+            what = "a point estimate: it writes one draw per chain" if self.MAX_DRAWS == 1 else f"at most {self.MAX_DRAWS} draws per chain"
+            notes.append(CampaignNote("draws", f"sampler {self.kind!r} is {what}, got draws: {draws}; set draws: {self.MAX_DRAWS}"))
+        return notes
 
     def state_size(self, n_chains: int, img_shape: tuple[int, ...], prior: dict[str, Any]) -> StateSize:
         """Bytes the sampler holds for ``n_chains`` chains of ``img_shape`` images: ``STATE_COPIES`` float32 copies.

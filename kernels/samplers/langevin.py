@@ -39,6 +39,7 @@ from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.samplers.base import (
     ConfiguredSampler,
     Draw,
+    UnitArray,
     chains_measurement,
     check_run_inputs,
     likelihood_grad,
@@ -325,6 +326,13 @@ class LangevinSampler(ConfiguredSampler):
     def nfe_per_unit(self, n_draws: int) -> float:
         """``(burn_in + n_draws · thin) · nfe_per_step`` network calls per chain."""
         return float(self.nfe_per_step() * (self.config.burn_in + n_draws * self.config.thin))
+
+    def unit_arrays(self, n_chains: int, prior: Any) -> tuple[UnitArray, ...]:
+        """``outside_box`` per draw; the store keeps its mean over the unit weighted by the draws' network
+        calls, i.e. the fraction of all the unit's pixel-updates (burn-in included) that fell outside C."""
+        return (
+            UnitArray("outside_box", "units", (), (), "float64", "fraction of the unit's pixel-updates outside the box C (burn-in included)", per_draw=True, units="1"),
+        )
 
     def parameters(self, operator: Any, prior: Any, sigma: float) -> LangevinParameters:
         """The resolved step constants for this problem (raises on an unstable step or a prior without support)."""

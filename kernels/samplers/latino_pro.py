@@ -69,7 +69,7 @@ import math
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -78,6 +78,7 @@ from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.samplers.base import (
     ConfiguredSampler,
     Draw,
+    UnitArray,
     chains_measurement,
     check_run_inputs,
 )
@@ -93,6 +94,8 @@ from uqcampaign.kernels.samplers.latino import (
 
 __all__ = [
     "DEFAULT_GAMMA",
+    "condition_dims",
+    "condition_shape",
     "GRADIENTS",
     "LatinoProConfig",
     "LatinoProSampler",
@@ -143,7 +146,7 @@ class LatinoProConfig:
         radius: C = ball of this radius around the prior's condition (per token for a (1, L, D)
             embedding, as the authors' project_onto_ball); null when box is given.
         box: [lo, hi]: C = the box lo <= c <= hi (every coordinate) instead of the ball.
-        edit_weight: λ >= 0, condition editing (seed 004): a proximal pull toward the prior's prompt
+        edit_weight: λ >= 0, condition editing (Spagnoletti et al. 2025, prompt editing): a proximal pull toward the prior's prompt
             after each step, so that c moves at most about 1/λ (per token) from it in the direction
             the data pull; 0 = plain LATINO-PRO.
         freeze_tokens: leading tokens of a (1, L, D) embedding kept fixed (the authors freeze 4:
@@ -290,12 +293,50 @@ def _finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def condition_shape(prior: Any) -> tuple[int, ...]:
+    """The shape of a prior's condition from its description (``describe()``): ``condition_shape``, or
+    ``(condition_dim,)`` for a conditional ``gmm``; UQError when it has none."""
+    if prior.get("condition_shape") is not None:
+        return tuple(int(n) for n in prior["condition_shape"])
+    if prior.get("condition_dim") is not None:
+        return (int(prior["condition_dim"]),)
+    raise UQError(
+        f"sampler 'latino-pro' estimates the prior's condition, but prior kind {prior.get('kind', '?')!r} describes none; use a "
+        "latent-consistency prior or a gmm whose .npz holds logit_weights (K, k) and a condition (k,)"
+    )
+
+
+def condition_dims(shape: tuple[int, ...]) -> tuple[str, ...]:
+    """Dimension names of a condition: ``(k,)`` for a vector, ``(prompt, token, embedding)`` for a prompt
+    embedding ``(P, L, D)``, else ``k0, k1, …``."""
+    if len(shape) == 1:
+        return ("k",)
+    if len(shape) == 3:
+        return ("prompt", "token", "embedding")
+    return tuple(f"k{i}" for i in range(len(shape)))
+
+
 @dataclass(frozen=True)
 class LatinoProSampler(ConfiguredSampler):
     """LATINO-PRO over the chains of one measurement; they estimate one condition together (see the module)."""
 
     config: LatinoProConfig = LatinoProConfig()
     kind: str = "latino-pro"
+    INTERACTING_CHAINS: ClassVar[bool] = True
+
+    def unit_arrays(self, n_chains: int, prior: Any) -> tuple[UnitArray, ...]:
+        """Per measurement (its unit holds all its chains), at the store's root: ``condition`` and
+        ``condition_start`` ``(*k)``, ``condition_trace (iteration, *k)``, ``objective_trace (iteration,)``;
+        ``k`` = the prior's condition shape and dims (:func:`condition_dims`)."""
+        shape = condition_shape(prior)
+        dims, m = condition_dims(shape), (self.config.iterations,)
+        return (
+            UnitArray("condition", "", dims, shape, "float32", "condition estimated by SAPG (maximum marginal likelihood)", None),
+            UnitArray("condition_start", "", dims, shape, "float32", "condition SAPG started from", None),
+            UnitArray("condition_trace", "", ("iteration", *dims), m + shape, "float32", "condition after each SAPG iteration", None),
+            UnitArray("objective_trace", "", ("iteration",), m, "float64",
+                      "marginal-likelihood proxy per SAPG iteration (chain mean of the log-density SAPG ascends)", None),
+        )
 
     def nfe_per_draw(self) -> float:
         """Network calls of a run with one draw: ``iterations · steps + final_steps`` (later draws: ``final_steps``)."""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Iterator, NamedTuple
 import torch
 
 from uqcampaign.kernels.errors import UQError, require
-from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, UnitArray, chains_measurement, check_run_inputs
 from uqcampaign.kernels.samplers.pnp import require_one_draw, start_point
 
 __all__ = ["LatentMAPConfig", "LatentMAPState", "latent_objective", "learning_rate", "init", "step", "LatentMAPSampler"]
@@ -124,6 +124,12 @@ class LatentMAPSampler(ConfiguredSampler):
     kind: str = "map-latent"
     STATE_COPIES: ClassVar[int] = 6
     STATE_TENSORS: ClassVar[str] = "decoded image, its residual and gradient (latents and Adam moments are smaller)"
+    MAX_DRAWS: ClassVar[int | None] = 1
+
+    def unit_arrays(self, n_chains: int, prior: Any) -> tuple[UnitArray, ...]:
+        """``objective (iteration, chain)`` (the start first, ``steps + 1`` values), in group ``map``."""
+        shape = (self.config.steps + 1, n_chains)
+        return (UnitArray("objective", "map", ("iteration", "chain"), shape, "float64", "objective F(z) at every Adam iterate, per chain", "chain"),)
 
     def nfe_per_draw(self) -> float:
         return float(self.config.steps)

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 
 from uqcampaign.kernels.errors import require
-from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs, require_pixel_prior
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, UnitArray, chains_measurement, check_run_inputs, require_pixel_prior
 from uqcampaign.kernels.schedule import additive_step
 
 __all__ = ["DPIR_SIGMA_MAX", "PnPConfig", "PnPLevels", "PnPSampler", "pnp_levels", "require_one_draw", "start_point", "denoise_at"]
@@ -119,6 +119,11 @@ class PnPSampler(ConfiguredSampler):
     config: PnPConfig
     init: ClassVar[Callable[..., Any]]
     step: ClassVar[Callable[..., Any]]
+    MAX_DRAWS: ClassVar[int | None] = 1
+
+    def unit_arrays(self, n_chains: int, prior: Any) -> tuple[UnitArray, ...]:
+        """``residual (iteration,)`` per unit, in group ``map`` (store: ``(measurement, block, iteration)``)."""
+        return (UnitArray("residual", "map", ("iteration",), (self.config.iterations,), "float64", "residual per iteration, max over the unit's chains"),)
 
     def nfe_per_draw(self) -> float:
         return float(self.config.iterations)

@@ -29,7 +29,7 @@ from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.config import Campaign, load_campaign
 from uqcampaign.pipeline.runner import prepare_store, run_campaign
 from uqcampaign.pipeline.store import read_unit_stats
-from uqcampaign.pipeline.units import Unit, plan_units, run_unit
+from uqcampaign.pipeline.units import Unit, run_unit
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,67 +37,11 @@ BURN_IN = 300  # about 0.5-1 s per unit on one core: enough for a fault to land 
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, campaign_writer: Callable[..., Path]) -> dict[str, np.ndarray]:
-    """``samples``/``draws_done`` of the uninterrupted in-process run of the test campaign."""
+def reference(tmp_path_factory: pytest.TempPathFactory, campaign_writer: Callable[..., Path], store_checks: Any) -> dict[str, np.ndarray]:
+    """Every array of the uninterrupted in-process run of the test campaign."""
     campaign = load_campaign(campaign_writer(tmp_path_factory.mktemp("reference"), store="ref.zarr", burn_in=BURN_IN))
     run_campaign(campaign, progress=False)
-    return _arrays(campaign.store_location)
-
-
-def _arrays(location: str) -> dict[str, np.ndarray]:
-    group = zarr.open_group(location, mode="r")
-    return {"samples": group["samples"][...], "draws_done": group["draws_done"][...]}
-
-
-def _assert_identical(location: str, reference: dict[str, np.ndarray]) -> None:
-    got = _arrays(location)
-    assert (got["draws_done"] == 20).all()
-    np.testing.assert_array_equal(got["draws_done"], reference["draws_done"])
-    assert np.isfinite(got["samples"]).all()
-    assert got["samples"].tobytes() == reference["samples"].tobytes()
-
-
-def _done_chunks(campaign: Campaign) -> dict[Path, int]:
-    """``{chunk file: mtime_ns}`` of every ``samples`` chunk that ``draws_done`` marks done now."""
-    location = Path(campaign.store_location)
-    done = zarr.open_group(str(location), mode="r")["draws_done"][...]
-    files = {}
-    for unit in plan_units(campaign, done.shape[0]):
-        n_done = int(done[unit.measurement, campaign.block_chains(unit.block)].min())
-        for k, chunk in enumerate(campaign.draw_chunks()):
-            if chunk.stop <= n_done:
-                path = location / "samples" / "c" / str(unit.measurement) / str(unit.block) / str(k) / "0" / "0" / "0"
-                files[path] = path.stat().st_mtime_ns
-    return files
-
-
-def _assert_not_rewritten(before: dict[Path, int]) -> None:
-    assert before, "the fault struck before any chunk was done: the test proves nothing"
-    rewritten = [str(path) for path, mtime in before.items() if path.stat().st_mtime_ns != mtime]
-    assert rewritten == []
-
-
-def _wait_for_progress(campaign: Campaign, *, units_done: int = 0, on_nodes: tuple[str, ...] = (), timeout: float = 120.0) -> None:
-    """Return once ``units_done`` units are complete, some on each node of ``on_nodes``, and a unit is still unstarted.
-
-    A worker that has finished a unit while units are still queued is busy with the next one:
-    a fault then strikes it mid-unit.
-    """
-    location = campaign.store_location
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done = zarr.open_group(location, mode="r")["draws_done"][...]
-            nodes = {parse_worker_label(stats.worker)["node"] for stats in read_unit_stats(location)}
-        except Exception:  # not created yet
-            done = None
-        if done is not None:
-            per_unit = done.reshape(done.shape[0], -1, 4).min(axis=2)  # (measurement, block)
-            assert (per_unit == 0).any(), "every unit started before the fault: raise BURN_IN or the measurements"
-            if int((per_unit == 20).sum()) >= units_done and all(node[:24] in nodes for node in on_nodes):
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"no progress in {location} after {timeout} s")
+    return store_checks.arrays(campaign.store_location)
 
 
 def _in_thread(campaign: Campaign, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -138,26 +82,26 @@ def _uqc_actors() -> list[str]:
     return [name for name in ray.util.list_named_actors() if name.startswith("uqc-")]
 
 
-def _finish_after_fault(campaign: Any, thread: Any, box: dict, reference: Any) -> dict:
+def _finish_after_fault(campaign: Any, thread: Any, box: dict, reference: Any, checks: Any) -> dict:
     """Let a campaign hit by a fault finish; check it ran every unit, is bit-identical to ``reference``,
     rewrote no chunk done before the fault, and recorded the lost actor. Returns the run's stats."""
-    before = _done_chunks(campaign)
+    before = checks.done_chunks(campaign)
     result = _finish(thread, box)
     assert result.units_run == 12
-    _assert_identical(campaign.store_location, reference)
-    _assert_not_rewritten(before)
+    checks.same(campaign.store_location, reference)
+    checks.not_rewritten(before)
     run = _last_run(campaign.store_location)
     assert run["actors_lost"] >= 1 and run["units_requeued"] >= 1
     return run
 
 
-def test_units_spread_over_both_nodes_each_actor_on_its_gpu(ray_cluster, reference, campaign_factory):
+def test_units_spread_over_both_nodes_each_actor_on_its_gpu(ray_cluster, reference, campaign_factory, store_checks):
     import ray
 
     campaign = load_campaign(campaign_factory(burn_in=BURN_IN))
     result = run_campaign_ray(campaign, address=ray_cluster.address, workers=2, gpus_per_worker=1, progress=False)
     assert (result.units_run, result.units_total, result.draws_written) == (12, 12, 12 * 20)
-    _assert_identical(campaign.store_location, reference)
+    store_checks.same(campaign.store_location, reference)
 
     nodes = set(_alive_nodes())
     assert len(nodes) == 2
@@ -197,7 +141,7 @@ def test_prior_missing_on_the_workers_stops_cleanly(ray_cluster, reference, camp
     done = zarr.open_group(campaign.store_location, mode="r")["draws_done"][...]
     assert (done[0, :4] == 20).all() and (done[0, 4:] == 0).all() and (done[1:] == 0).all()
     samples = zarr.open_group(campaign.store_location, mode="r")["samples"][0, :4]
-    assert samples.tobytes() == reference["samples"][0, :4].tobytes()
+    assert samples.tobytes() == reference["samples"][0, :4].tobytes()  # the draws of the unit done before
     assert _last_run(campaign.store_location)["actors_started"] == 1  # no retry storm
     assert _uqc_actors() == []
     deadline = time.monotonic() + 10
@@ -206,39 +150,39 @@ def test_prior_missing_on_the_workers_stops_cleanly(ray_cluster, reference, camp
     assert ray.available_resources().get("GPU", 0) == 2  # placement group released
 
 
-def test_actor_killed_mid_campaign(ray_cluster, reference, campaign_factory):
+def test_actor_killed_mid_campaign(ray_cluster, reference, campaign_factory, store_checks):
     import ray
 
     campaign = load_campaign(campaign_factory(burn_in=BURN_IN))
     thread, box = _in_thread(campaign, address=ray_cluster.address, workers=2, gpus_per_worker=1)
-    _wait_for_progress(campaign, on_nodes=_alive_nodes())  # both actors busy
+    store_checks.wait_for_progress(campaign, on_nodes=_alive_nodes())  # both actors busy
     victim = sorted(_uqc_actors())[0]
     ray.kill(ray.get_actor(victim), no_restart=True)
-    run = _finish_after_fault(campaign, thread, box, reference)
+    run = _finish_after_fault(campaign, thread, box, reference, store_checks)
     assert run["actors_started"] >= 3
 
 
 @pytest.mark.slow
-def test_driver_sigkilled_then_resumed(ray_cluster, reference, campaign_factory):
+def test_driver_sigkilled_then_resumed(ray_cluster, reference, campaign_factory, store_checks):
     campaign_file = campaign_factory(burn_in=BURN_IN)
     campaign = load_campaign(campaign_file)
     uqc = Path(sys.executable).with_name("uqc")
     command = [str(uqc), "run", str(campaign_file), "--address", ray_cluster.address, "--workers", "2", "--gpus-per-worker", "1", "--no-progress"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
-        _wait_for_progress(campaign, units_done=1)
+        store_checks.wait_for_progress(campaign, units_done=1)
     finally:
         driver.send_signal(signal.SIGKILL)
         output = driver.communicate(timeout=30)[0].decode(errors="replace")
     assert driver.returncode == -signal.SIGKILL, output
-    before = _done_chunks(campaign)
+    before = store_checks.done_chunks(campaign)
     result = run_campaign_ray(campaign, address=ray_cluster.address, workers=2, gpus_per_worker=1, resume=True, progress=False)
     assert 0 < result.units_run < result.units_total == 12  # complete units were skipped
-    _assert_identical(campaign.store_location, reference)
-    _assert_not_rewritten(before)
+    store_checks.same(campaign.store_location, reference)
+    store_checks.not_rewritten(before)
 
 
-def test_grown_campaign_on_ray_equals_one_run_at_the_final_size(ray_cluster, reference, campaign_factory):
+def test_grown_campaign_on_ray_equals_one_run_at_the_final_size(ray_cluster, reference, campaign_factory, store_checks):
     """More draws, chains and measurements on Ray: only the new work runs; the store equals, draw for
     draw, the in-process run of the final size (``reference``)."""
     path = campaign_factory(burn_in=BURN_IN)
@@ -247,22 +191,24 @@ def test_grown_campaign_on_ray_equals_one_run_at_the_final_size(ray_cluster, ref
     small = load_campaign(path)
     first = run_campaign_ray(small, address=ray_cluster.address, workers=2, gpus_per_worker=1, progress=False)
     assert first.units_run == 4
-    before = _done_chunks(small)
+    before = store_checks.done_chunks(small)
     path.write_text(yaml.safe_dump(spec))  # the final size: 8 chains, 20 draws, 6 measurements
     grown = load_campaign(path)
     result = run_campaign_ray(grown, address=ray_cluster.address, workers=2, gpus_per_worker=1, progress=False)
     assert "growing campaign 'ray-test' (draws 10 -> 20, chains 4 -> 8, measurements 4 -> 6)" in result.messages[0]
     assert result.units_run == 12 and result.draws_written == 20 * 12 - 10 * 4  # every draw once
-    _assert_identical(grown.store_location, reference)
-    _assert_not_rewritten(before)  # draws 10 end a chunk of 5: no chunk done before is written again
+    store_checks.same(grown.store_location, reference)
+    store_checks.not_rewritten(before)  # draws 10 end a chunk of 5: no chunk done before is written again
     assert zarr.open_group(grown.store_location, mode="r")["y_obs"].shape[0] == 6
 
 
-def test_node_removed_mid_campaign(ray_cluster, reference, campaign_factory):
+def test_node_removed_mid_campaign(ray_cluster, reference, campaign_factory, store_checks):
     """Last test of the module: the cluster is left with its head node only."""
     campaign = load_campaign(campaign_factory(burn_in=BURN_IN))
     thread, box = _in_thread(campaign, address=ray_cluster.address, workers=2, gpus_per_worker=1)
-    _wait_for_progress(campaign, on_nodes=(ray_cluster.worker.node_id,))  # its actor is busy
+    store_checks.wait_for_progress(campaign, on_nodes=(ray_cluster.worker.node_id,))  # its actor is busy
     ray_cluster.remove_node(ray_cluster.worker)
-    _finish_after_fault(campaign, thread, box, reference)
+    run = _finish_after_fault(campaign, thread, box, reference, store_checks)
+    node = ray_cluster.worker.node_id[:12]
+    assert any(f" lost on node {node}" in line and line.endswith(") requeued") for line in run["events"]), run["events"]
     assert _uqc_actors() == []

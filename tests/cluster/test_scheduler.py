@@ -129,7 +129,8 @@ def test_every_unit_runs_once_without_faults(harness):
 
 
 def test_dead_worker_unit_is_requeued_on_a_replacement(harness):
-    h = harness({"die_first": True, "feed_after": 3})
+    events: list[str] = []
+    h = harness({"die_first": True, "feed_after": 3}, on_event=events.append)
     results = h.scheduler.run()
     assert _done(results) == ALL_UNITS  # the lost unit exactly once
     lost = [(m, b) for slot, gen, m, b in h.journal() if (slot, gen) == (0, 0)]
@@ -141,6 +142,12 @@ def test_dead_worker_unit_is_requeued_on_a_replacement(harness):
     assert sorted((w["slot"], w["generation"]) for w in stats.workers) == [(0, 0), (0, 1), (1, 0)]
     assert any((r["slot"], r["generation"]) == (0, 1) for r in results)  # the replacement was fed
     assert not _alive(h.actors[0])
+    # one line for the event: the worker, its node, Ray's reason (the cause, not the generic first line), the unit
+    node = ray.get_runtime_context().get_node_id()[:12]
+    assert events == stats.events and len(events) == 1, events
+    assert events[0].startswith(f"worker 0 lost on node {node}: ")
+    assert events[0].endswith(f"; unit (measurement {lost[0][0]}, block {lost[0][1]}) requeued")
+    assert "unexpectedly before finishing this task" not in events[0] and "\n" not in events[0]
 
 
 def test_unit_that_keeps_killing_its_worker_stops_after_max_attempts(harness):

@@ -19,6 +19,7 @@ reach c* from where latino-pro stops).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,19 @@ def test_surrogate_gradient_flows_through_the_latent_network(digits) -> None:
     # after 2 iterations ||c − c₀|| <= 0.08 (3 + 6) per token, and the free tokens did move
     assert bool((moved[4:] > 0.1).all()) and bool((moved <= 0.08 * 9 + 1e-5).all())
     assert draws[0].nfe == 2 * 4 + 8
+
+
+def test_store_facts_of_a_prompt_embedding_have_named_dims(digits) -> None:
+    """The latent prior describes its condition's shape (kept in the store's attrs); latino-pro declares its facts
+    from it with dims (prompt, token, embedding), the shapes its info has."""
+    prior, _, _ = digits
+    description = json.loads(json.dumps(prior.describe()))  # as the store keeps it
+    assert description["condition_shape"] == [1, 16, 32]
+    arrays = {a.name: a for a in build_sampler({"kind": "latino-pro", "iterations": 2}).unit_arrays(2, description)}
+    assert arrays["condition"].dims == arrays["condition_start"].dims == ("prompt", "token", "embedding")
+    assert arrays["condition"].shape == (1, 16, 32) and arrays["condition"].block_dim is None
+    assert arrays["condition_trace"].dims == ("iteration", "prompt", "token", "embedding") and arrays["condition_trace"].shape == (2, 1, 16, 32)
+    assert arrays["objective_trace"].dims == ("iteration",) and arrays["objective_trace"].shape == (2,)
 
 
 # --------------------------------------------------------------------------- bad input

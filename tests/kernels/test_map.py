@@ -287,3 +287,16 @@ def test_latent_map_on_the_shipped_lcm():
     print(f"\n[map] latent MAP on digits16-lcm: F {trace[0]:.0f} → {trace[-1]:.0f}, χ² = {chi2:.2f}, PSNR gain over pinv(y) = {gain:.1f} dB")
     assert np.all(np.diff(trace) < 0)
     assert chi2 < 2.0 and gain > 3.0
+
+
+def test_map_facts_are_declared(problem):
+    """``residual`` (map-hqs, map-admm) and ``objective`` (map-latent) come on the one draw with the shapes
+    ``unit_arrays`` declares (the store keeps them in ``map/``)."""
+    latent = LinearLatentPrior.random(problem.operator.img_shape, seed=0)
+    for kind, prior in (("map-hqs", problem.prior), ("map-admm", problem.prior), ("map-latent", latent)):
+        sampler = build_sampler({"kind": kind, "iterations": 7} if kind != "map-latent" else {"kind": kind, "steps": 7})
+        (draw,) = sampler.run(problem.y, problem.operator, prior, problem.sigma, 3, 1, torch.Generator())
+        declared = {a.name: a for a in sampler.unit_arrays(3, {})}
+        assert set(draw.info) == set(declared)
+        for name, array in declared.items():
+            assert tuple(draw.info[name].shape) == array.shape and array.group == "map"

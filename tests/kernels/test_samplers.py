@@ -301,3 +301,52 @@ def test_numpy_scalars_are_accepted(problem):
     sampler = build_sampler(FAST["ula"])
     x = next(iter(sampler.run(problem.y, problem.operator, problem.prior, np.float32(0.05), 2, 1, torch.Generator()))).x
     assert x.shape[0] == 2
+
+
+@pytest.mark.parametrize("kind", POSTERIOR_KINDS)
+def test_reported_facts_are_declared(kind, problem):
+    """What ``run`` reports in ``Draw.info`` is what ``unit_arrays`` declares (the store keeps exactly those):
+    per-draw scalars on every draw, per-unit arrays of the declared shape on the last draw, nothing else."""
+    problem = _for(kind, problem)
+    sampler = build_sampler(FAST[kind])
+    declared = {a.name: a for a in sampler.unit_arrays(3, problem.prior.describe())}
+    draws = _run(FAST[kind], problem, n_chains=3, n_draws=2)
+    per_draw = {name for name, a in declared.items() if a.per_draw}
+    for draw in draws:
+        info = draw.info or {}
+        assert per_draw <= set(info), f"draw {draw.index} lacks {per_draw - set(info)}"
+        for name in per_draw:
+            assert torch.as_tensor(info[name]).dim() == 0
+    last = draws[-1].info or {}
+    assert set(last) == set(declared), f"{kind} reports {sorted(last)} but declares {sorted(declared)}"
+    for name, array in declared.items():
+        if not array.per_draw:
+            assert tuple(torch.as_tensor(last[name]).shape) == array.shape, name
+        assert len(array.dims) == len(array.shape)
+        assert array.block_dim is None or array.block_dim == "block" or array.block_dim in array.dims
+        assert (array.block_dim is None) == sampler.INTERACTING_CHAINS  # one value per measurement needs whole-measurement units
+    for draw in draws[:-1]:
+        assert set(draw.info or {}) == per_draw  # per-unit arrays come once, on the last draw
+
+
+def test_campaign_notes_name_the_key_and_the_fix():
+    """Layout rules checked when a campaign is loaded: point estimates take draws: 1, latino-pro whole-measurement
+    units, an SMC unit at most its pool (a warning above 1/8 of it)."""
+    for kind in POINT_ESTIMATE_KINDS:
+        sampler = build_sampler({"kind": kind})
+        assert sampler.MAX_DRAWS == 1
+        assert sampler.campaign_notes(4, 2, 1) == []
+        (note,) = sampler.campaign_notes(4, 2, 5)
+        assert note.error and note.key == "draws" and "set draws: 1" in note.message and "draws: 5" in note.message
+    latino_pro = build_sampler({"kind": "latino-pro"})
+    assert latino_pro.campaign_notes(8, 8, 3) == []
+    (note,) = latino_pro.campaign_notes(8, 4, 3)
+    assert note.error and note.key == "chunks.chains" and "chunks.chains: 8" in note.message
+    smc = build_sampler({"kind": "tds", "runs": 2, "particles": 64})  # a pool of 128
+    assert smc.campaign_notes(32, 16, 1) == []  # 16 = 1/8 of the pool
+    (note,) = smc.campaign_notes(32, 16, 2)  # 32: a warning
+    assert not note.error and "25%" in note.message and "1/8" in note.message
+    (note,) = smc.campaign_notes(32, 16, 9)  # 144 > 128: refused
+    assert note.error and "16 × 9 = 144" in note.message and "2 × 64 = 128" in note.message
+    for kind in ("exact", "ula", "skrock", "dps", "latino"):
+        assert build_sampler({"kind": kind}).campaign_notes(8, 3, 1000) == []

@@ -86,7 +86,7 @@ def test_config_hash_covers_only_what_changes_draws(write_campaign) -> None:
         ("reduce: {level: 0.9}", "reduce: {level: 0}", "c.yaml:15: 'reduce.level': Input should be greater than 0"),
         ("noise: {sigma: 0.05}", "noise: {sigma: -1}", "c.yaml:7: 'noise.sigma': Input should be greater than 0"),
         ("  simulate: {count: 2}", "  simulate: {count: 2}\n  y: y.npy", "c.yaml:4: 'data': give exactly one of 'y'"),
-        ("name: lines", "name: lines\ncluster: {address: nowhere}", "c.yaml:2: 'cluster.address': got 'nowhere'"),
+        ("name: lines", "name: lines\ncluster: {address: nowhere}", "c.yaml:2: 'cluster.address': address 'nowhere' is not understood; use local, auto, in-process, HOST:PORT"),
         ("noise: {sigma: 0.05}", "", "c.yaml: missing key 'noise'"),
         ("prior: {kind: gmm, file: ../priors/p.npz}", "prior: {file: p.npz}", "c.yaml:8: 'prior': missing 'kind'"),
     ],

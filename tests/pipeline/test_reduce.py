@@ -289,3 +289,18 @@ def test_reduce_on_ray(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_reduce_on_dask_distributed(tmp_path: Path) -> None:
+    """tcp://HOST:PORT: the same graph on a Dask distributed scheduler gives the same summary."""
+    from distributed import LocalCluster
+
+    samples, x_true, y = simulate(np.random.default_rng(6), m=2, chains=4, draws=20, img=(1, 4, 4))
+    path = tmp_path / "s.zarr"
+    write_store(path, samples, x_true=x_true, y=y, chunks=(2, 10))
+    local = {k: np.asarray(v[...]) for k, v in reduce_store(str(path), progress=False, tile=(2, 4)).arrays()}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        remote = reduce_store(str(path), address=cluster.scheduler_address, progress=False, tile=(2, 4))
+        for key, value in local.items():
+            np.testing.assert_array_equal(np.asarray(remote[key][...]), value, err_msg=key)

@@ -162,3 +162,21 @@ def test_missing_s3fs_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {url}: opening s3:// stores needs s3fs, which is not installed; pip install s3fs"), proc.stderr
+
+
+def test_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
+    """An S3 endpoint nobody listens on: botocore's EndpointConnectionError (not an OSError) is one line."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    url = f"s3://{BUCKET}/runs/unreachable.zarr"
+    path = _campaign_file(tmp_path, url, endpoint)
+    spec = yaml.safe_load(path.read_text())
+    spec["storage_options"]["config_kwargs"] = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run([sys.executable, "-m", "uqcampaign.pipeline.cli", "run", str(path), "--in-process"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {url}: cannot read the store: Could not connect to the endpoint URL"), proc.stderr
