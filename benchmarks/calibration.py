@@ -17,7 +17,8 @@ Gaussian blur (σ 1, size 5). Noise σ = 0.05 on both. The neural priors (LCM) a
 a row costs ``trials × replicates × chains × draws`` network calls per step, hours on CPU.
 
 Cost on CPU (2 cores): the independent-draw rows take 1–3 min each; the ULA rows take about a minute
-per measurement (≈ 4,000 burn-in steps of 20 chains), ≈ 7 h for 400 measurements, so the shipped
+per measurement (≈ 4,000 burn-in steps of 20 chains), ≈ 7 h for 400 measurements, and ``dps`` (50 steps)
+≈ 6 s per measurement, ≈ 40 min on the 16-pixel problem, so the shipped
 CALIBRATION.md was made with ``--only`` (each section names its command) and ULA's known-wrong control
 is measured in ``tests/pipeline/test_calibration_tools.py`` instead.
 """
