@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: every section is produced by a command in this folder.
 
-Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,joins,learned,latino_pro,smc]``
+Usage: ``python benchmarks/run.py --out BENCHMARKS.md [--quick] [--only samplers,sampler_choice,reduce,cluster,joins,learned,realistic,sampling,latino_pro,smc]``
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ SECTIONS = {
     "cluster": "bench_cluster.py",
     "joins": "bench_joins.py",
     "learned": "bench_learned.py",
+    "realistic": "bench_realistic.py",
+    "sampling": "bench_prior_sampling.py",
     "latino_pro": "bench_latino_pro.py",
     "smc": "bench_smc.py",
 }

@@ -21,6 +21,12 @@ Steps of :func:`run_campaign_ray`:
    ``units/worker``, see :func:`~.worker.worker_label`; ``events`` and ``ray_messages``: the
    lines of the lost workers and the first line of each message Ray published) and
    consolidate the metadata.
+
+A campaign with ``until:`` runs the round loop of :func:`~uqcampaign.pipeline.until.run_rounds`
+(the in-process runner's too): step 5 runs once per round, on the same workers (placed for the
+first round, each loading the prior once), with units that carry the round's draws
+(:class:`~uqcampaign.pipeline.units.Unit` ``draws``); the driver checks convergence between rounds,
+reading the store.
 """
 
 from __future__ import annotations
@@ -145,28 +151,41 @@ def _record(group: zarr.Group, connection: Connection, shape: WorkerShape, sched
     group.attrs["ray"] = json.dumps({"runs": runs})
 
 
-def _run_units(
-    campaign: Campaign,
-    group: zarr.Group,
-    units: list[Unit],
-    shape: WorkerShape,
-    connection: Connection,
-    on_result: Any,
-    on_event: Any,
-    stall_timeout: float,
-    start: float,
-) -> list[dict[str, Any]]:
-    """Place the workers, run ``units`` on them, release everything, record the run in the store."""
-    from ray.util.placement_group import remove_placement_group
+class _Pool:
+    """The Ray workers of one run: placed for the first batch of units and kept for the next ones
+    (the rounds of an ``until`` campaign: each worker loads the prior once); :meth:`close`
+    releases them and records the run in the store."""
 
-    placement = _placement_group(shape)
-    scheduler = UnitScheduler(_actor_factory(campaign, shape, placement, uuid.uuid4().hex[:8]), shape.workers, units, on_result=on_result, on_event=on_event, stall_timeout=stall_timeout)
-    try:
-        return scheduler.run()
-    finally:
-        scheduler.shutdown()
-        remove_placement_group(placement)
-        _record(group, connection, shape, scheduler, time.perf_counter() - start)
+    def __init__(self, campaign: Campaign, group: zarr.Group, connection: Connection, on_event: Any, stall_timeout: float, start: float) -> None:
+        self.campaign, self.group, self.connection, self.on_event = campaign, group, connection, on_event
+        self.stall_timeout, self.start = stall_timeout, start
+        self.shape: WorkerShape | None = None
+        self.placement: Any = None
+        self.scheduler: UnitScheduler | None = None
+
+    def run(self, units: list[Unit], shape: WorkerShape, on_result: Any) -> list[dict[str, Any]]:
+        """Run ``units`` (placing ``shape`` workers the first time); their results."""
+        if self.scheduler is None:
+            self.shape, self.placement = shape, _placement_group(shape)
+            make_actor = _actor_factory(self.campaign, shape, self.placement, uuid.uuid4().hex[:8])
+            self.scheduler = UnitScheduler(make_actor, shape.workers, [], on_event=self.on_event, stall_timeout=self.stall_timeout)
+        self.scheduler.on_result = on_result
+        self.scheduler.queue.extend(units)
+        return self.scheduler.run()
+
+    def close(self) -> None:
+        """Kill the actors, remove the placement group, record the run (nothing when never placed)."""
+        if self.scheduler is None:
+            return
+        from ray.util.placement_group import remove_placement_group
+
+        scheduler, self.scheduler = self.scheduler, None
+        try:
+            scheduler.shutdown()
+        finally:
+            remove_placement_group(self.placement)
+            assert self.shape is not None
+            _record(self.group, self.connection, self.shape, scheduler, time.perf_counter() - self.start)
 
 
 def run_campaign_ray(
@@ -208,15 +227,39 @@ def run_campaign_ray(
         shape = size_workers(nodes, workers, gpus)
         check_store_reachable(campaign.store_location, connection)
         with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
+            opening = campaign
+            if campaign.until is not None:
+                from uqcampaign.pipeline.until import opening_campaign
+
+                opening = opening_campaign(campaign)  # an until store may hold more draws than the first round
             group, messages = open_campaign_store(
-                campaign, force=force, delete_draws=delete_draws, say=say, budget=worker_budget(nodes, shape, connection.local)
+                opening, force=force, delete_draws=delete_draws, say=say, budget=worker_budget(nodes, shape, connection.local)
             )
             if resume and not messages:
                 console.print(f"{campaign.store_location}: no earlier run to resume; starting")
-            units, total, written = _run_pending(campaign, group, shape, nodes, gpus, connection, lease, progress, console, say, stall_timeout, start)
+
+            pool = _Pool(campaign, group, connection, say, stall_timeout, start)
+
+            def run_units(this: Campaign, units: list[Unit] | None = None, name: str | None = None) -> tuple[list[Unit], int, int]:
+                return _run_pending(this, group, shape, nodes, gpus, pool, lease, progress, console, units, name)
+
+            try:
+                if campaign.until is not None:  # the round loop of the in-process runner, units on Ray
+                    from uqcampaign.pipeline.until import run_rounds
+
+                    rounds = run_rounds(campaign, group, lambda this, units, name: run_units(this, units, name)[2], say=say)
+                    n_run, total, written, messages = rounds.units_run, rounds.units_run, rounds.draws_written, messages + rounds.messages
+                else:
+                    units, total, written = run_units(campaign)
+                    n_run = len(units)
+            finally:
+                try:
+                    pool.close()
+                finally:
+                    consolidate(group)  # also after a stop: the attrs of the run stay readable
     finally:
         disconnect(connection)
-    return RunResult(campaign.store_location, len(units), total, written, time.perf_counter() - start, messages)
+    return RunResult(campaign.store_location, n_run, total, written, time.perf_counter() - start, messages)
 
 
 def _run_pending(
@@ -225,40 +268,41 @@ def _run_pending(
     shape: WorkerShape,
     nodes: Any,
     gpus: float,
-    connection: Connection,
+    pool: _Pool,
     lease: Lease,
     progress: bool,
     console: Console,
-    say: Any,
-    stall_timeout: float,
-    start: float,
+    units: list[Unit] | None = None,
+    name: str | None = None,
 ) -> tuple[list[Unit], int, int]:
-    """Run the units ``draws_done`` says are pending; returns (units, units in all, draws written)."""
+    """Run ``units`` (default: those ``draws_done`` says are pending) on the ``pool``'s workers;
+    returns (units, units in all, draws written). ``name`` labels the progress bar (an ``until`` round)."""
     done = draws_done(group)
-    units = pending_units(campaign, done)
-    total = done.shape[0] * campaign.n_blocks
+    if units is None:
+        units = pending_units(campaign, done)
+        total = done.shape[0] * campaign.n_blocks
+    else:
+        total = len(units)
+    name = name or campaign.name
     written = 0
-    try:
-        if units:
-            if len(units) < shape.workers:  # fewer, bigger workers (more CPUs each)
-                shape = size_workers(nodes, len(units), gpus)
-            remaining = int(np.clip(campaign.draws - done, 0, None).sum())
-            finished = [total - len(units)]
+    if units:
+        if len(units) < shape.workers and pool.shape is None:  # fewer, bigger workers (more CPUs each)
+            shape = size_workers(nodes, len(units), gpus)
+        remaining = sum(int(np.clip(campaign.draws - done[u.measurement, campaign.block_chains(u.block)], 0, None).sum()) for u in units)
+        finished = [total - len(units)]
 
-            def label() -> str:
-                return f"{units_done(campaign.name, finished[0], total)} on {shape.workers} Ray workers"
+        def label() -> str:
+            return f"{units_done(name, finished[0], total)} on {(pool.shape or shape).workers} Ray workers"
 
-            with draw_progress(console, progress) as bar:
-                task = bar.add_task(label(), total=remaining)
+        with draw_progress(console, progress) as bar:
+            task = bar.add_task(label(), total=remaining)
 
-                def advance(result: dict[str, Any]) -> None:
-                    lease.check()
-                    chains = campaign.block_chains(result["block"])
-                    finished[0] += 1
-                    bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
+            def advance(result: dict[str, Any]) -> None:
+                lease.check()
+                chains = campaign.block_chains(result["block"])
+                finished[0] += 1
+                bar.update(task, advance=(chains.stop - chains.start) * result["draws_written"], description=label())
 
-                results = _run_units(campaign, group, units, shape, connection, advance, say, stall_timeout, start)
-            written = sum(result["draws_written"] for result in results)
-    finally:
-        consolidate(group)  # also after a stop: the attrs of the run stay readable
+            results = pool.run(units, shape, advance)
+        written = sum(result["draws_written"] for result in results)
     return units, total, written

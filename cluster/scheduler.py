@@ -180,7 +180,8 @@ class UnitScheduler:
             if slot.state == "idle" and self.queue:
                 unit = self.queue.popleft()
                 slot.state = "busy"
-                self.pending[slot.actor.run.remote((unit.measurement, unit.block))] = (slot, slot.generation, unit)
+                args = (unit.measurement, unit.block) if unit.draws is None else (unit.measurement, unit.block, unit.draws)
+                self.pending[slot.actor.run.remote(args)] = (slot, slot.generation, unit)
 
     def _handle(self, ref: Any) -> None:
         slot, generation, unit = self.pending.pop(ref)
@@ -217,9 +218,15 @@ class UnitScheduler:
             )
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every queued unit; returns their result dicts (in completion order)."""
+        """Run every queued unit; returns their result dicts (in completion order).
+
+        Call it again after queueing more units (the rounds of an ``until`` campaign): the live
+        actors are kept, dead slots restarted; it returns the results of that call.
+        """
+        first = len(self.results)
         for slot in self.slots:
-            self._start(slot)
+            if slot.actor is None:
+                self._start(slot)
         try:
             while self.queue or self._busy():
                 self._dispatch()
@@ -230,7 +237,7 @@ class UnitScheduler:
         except UQError:
             self._drain()
             raise
-        return self.results
+        return self.results[first:]
 
     def _drain(self) -> None:
         """After a stop: let units already running finish (their draws are kept), up to ``drain_timeout``."""

@@ -132,8 +132,8 @@ class PriorWorker:
             "tensor_device": str(alphas.device) if isinstance(alphas, torch.Tensor) else self.device,
         }
 
-    def run(self, unit: Unit | tuple[int, int]) -> dict[str, Any]:
-        """Run one unit (its chunks go straight to the store); its ``UnitStats`` fields plus ``node_id``, ``gpu_ids``."""
+    def run(self, unit: Unit | tuple[int, ...]) -> dict[str, Any]:
+        """Run one unit ``(measurement, block[, draws])`` (its chunks go straight to the store); its ``UnitStats`` fields plus ``node_id``, ``gpu_ids``."""
         unit = unit if isinstance(unit, Unit) else Unit(*unit)
         stats = run_unit(self.campaign, unit, self.store, prior=self.prior, operator=self.operator, device=self.device, worker=self.label)
         return {**dataclasses.asdict(stats), "node_id": self.node_id, "gpu_ids": list(self.gpu_ids)}
@@ -165,6 +165,6 @@ class HostedWorker:
         """See :meth:`PriorWorker.info`; raises the construction error, if any."""
         return self._get().info()
 
-    def run(self, unit: tuple[int, int]) -> dict[str, Any]:
+    def run(self, unit: tuple[int, ...]) -> dict[str, Any]:
         """See :meth:`PriorWorker.run`; raises the construction error, if any."""
         return self._get().run(unit)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from uqcampaign.kernels.errors import require
 
-__all__ = ["sliced_wasserstein", "equal_tailed_interval", "interval_coverage", "psnr", "ssim"]
+__all__ = ["sliced_wasserstein", "equal_tailed_interval", "interval_coverage", "psnr", "ssim", "mixture_moment_z"]
 
 _QUANTILE_MAX_ELEMENTS = 2**24 - 1  # torch.quantile refuses larger inputs
 
@@ -120,3 +120,23 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, window: int = 7, sigma
     result = ssim_map.mean(dim=(-3, -2, -1))
     return result[0] if squeeze else result
 
+
+def mixture_moment_z(samples: Tensor, weights: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pixel z-scores ``(d,)`` of the sample mean and sample std of ``samples (n, ...)`` against a diagonal
+    Gaussian mixture (``weights (K,)``, ``means``/``variances (K, ...)``).
+
+    Mean: SE = σ / √n. Std: the delta method, SE = sqrt((μ₄ − σ⁴) / (4σ² n)), with the mixture's exact fourth
+    central moment ``μ₄ = Σ_k w_k (d_k⁴ + 6 d_k² v_k + 3 v_k²)``, ``d_k = m_k − μ``.
+    """
+    x = _flat_samples(samples, "samples")
+    n = x.shape[0]
+    w = weights.to(torch.float64).reshape(-1, 1)
+    m, v = means.to(torch.float64).reshape(w.shape[0], -1), variances.to(torch.float64).reshape(w.shape[0], -1)
+    require(m.shape[1] == x.shape[1], f"samples have {x.shape[1]} values each but the mixture has {m.shape[1]}")
+    mean = (w * m).sum(0)
+    var = (w * (v + m**2)).sum(0) - mean**2
+    dev = m - mean
+    mu4 = (w * (dev**4 + 6 * dev**2 * v + 3 * v**2)).sum(0)
+    z_mean = (x.mean(0) - mean) / (var / n).sqrt()
+    z_std = (x.std(0) - var.sqrt()) / ((mu4 - var**2) / (4 * var * n)).sqrt()
+    return z_mean, z_std

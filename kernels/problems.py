@@ -33,6 +33,8 @@ __all__ = [
     "random_conditional_problem",
     "multimodal_problem",
     "score_samples",
+    "PriorDrawScore",
+    "score_prior_draws",
 ]
 
 PROBLEM_PRIOR_KINDS = ("gaussian", "gmm")
@@ -323,3 +325,36 @@ def score_samples(problem: Problem, samples: torch.Tensor, seed: int = 0, floor_
     mass = float(problem.posterior.interval_mass(lower, upper).mean())
     std_ratio = float((samples.to(torch.float64).std(0) / problem.posterior.marginal_std()).mean())
     return SampleScore(sw / floor, mass, std_ratio, sw, floor)
+
+
+@dataclass(frozen=True)
+class PriorDrawScore:
+    """How close draws of a (learned) prior are to a known Gaussian mixture.
+
+    ``z_mean``/``z_std``: the largest per-pixel |z| of the sample mean / std (:func:`~uqcampaign.kernels.metrics.mixture_moment_z`),
+    ``beyond_mean``/``beyond_std``: pixels with |z| > 3, ``mean_z_std``: the mean z of the std (its sign: over- or
+    under-dispersion); ``sw``: sliced-Wasserstein distance to as many mixture draws, ``floor``: between two
+    independent sets of mixture draws (the same 64 directions).
+    """
+
+    z_mean: float
+    z_std: float
+    beyond_mean: int
+    beyond_std: int
+    mean_z_std: float
+    sw: float
+    floor: float
+
+
+def score_prior_draws(mixture: GaussianMixturePrior, draws: torch.Tensor, seed: int = 1) -> PriorDrawScore:
+    """Score ``draws (n, C, H, W)`` against the mixture they should follow (reference draws from ``seed``, ``seed + 1``)."""
+    from uqcampaign.kernels.metrics import mixture_moment_z, sliced_wasserstein
+
+    n = draws.shape[0]
+    z_mean, z_std = mixture_moment_z(draws, mixture.weights, mixture.means, mixture.variances)
+    reference = mixture.sample(n, torch.Generator().manual_seed(seed)).to(torch.float64)
+    other = mixture.sample(n, torch.Generator().manual_seed(seed + 1)).to(torch.float64)
+    floor = sliced_wasserstein(reference, other, generator=torch.Generator().manual_seed(seed + 2))
+    sw = sliced_wasserstein(draws.to(torch.float64), reference, generator=torch.Generator().manual_seed(seed + 2))
+    return PriorDrawScore(float(z_mean.abs().max()), float(z_std.abs().max()), int((z_mean.abs() > 3).sum()),
+                          int((z_std.abs() > 3).sum()), float(z_std.mean()), sw, floor)

@@ -11,7 +11,8 @@ What a campaign file may change against its store (DESIGN §3):
   simulated measurements are prefix-stable by construction); ``draws`` only with a sampler whose
   longer runs repeat a shorter run's draws first (``DRAWS_EXTEND``; not SMC, which pools all of a
   unit's draws at its end);
-- anything else (``name``, ``store``, ``cluster``, ``reduce``, ``storage_options``) is free.
+- anything else (``name``, ``store``, ``cluster``, ``reduce``, ``until``, ``storage_options``) is free
+  (``until`` campaigns open their store at the draws it already holds: :mod:`~uqcampaign.pipeline.until`).
 
 ``--force`` replaces a refused store, but a store holding draws is deleted only with
 ``--delete-draws`` too (the refusal says how many chain-draws would go).
@@ -219,6 +220,8 @@ def create_or_open(
         done = int(np.asarray(group["draws_done"][...]).sum())
         total = stored.measurements * stored.chains * stored.draws
         state = "complete, nothing to do" if done >= total else "resuming: draws depend only on the seed"
+        if campaign.until is not None:
+            state = "continuing its until: rounds from the draws stored (they depend only on the seed)"
         tell(f"{location.url}: holds the same campaign '{campaign.name}' ({done}/{total} chain-draws done); {state}")
         return group, messages
 

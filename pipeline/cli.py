@@ -434,16 +434,15 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
 
     from uqcampaign.pipeline.lease import current_holder
     from uqcampaign.pipeline.location import Location
-    from uqcampaign.pipeline.store import is_legacy, json_attr, obs_array, open_store, read_unit_stats, store_sizes
+    from uqcampaign.pipeline.store import is_legacy, json_attr, obs_array, open_store, read_unit_stats
     from uqcampaign.pipeline.summary import summary_status
+    from uqcampaign.pipeline.until import planned_draws
 
     group = open_store(store)
     attrs = dict(group.attrs)
     campaign = json_attr(group, "campaign") or {}
     samples = group["samples"]
     done = np.asarray(group["draws_done"][...])
-    sizes = store_sizes(group)
-    draws = sizes.draws
     console.print(f"store:    {store}", markup=False)
     console.print(f"campaign: {campaign.get('name', '?')} (config hash {str(attrs.get('config_hash'))[:12]}, created {attrs.get('created', '?')})", markup=False)
     if is_legacy(group):
@@ -462,10 +461,11 @@ def inspect(store: str = typer.Argument(..., help="Store path or URL.")) -> None
     table = Table(title="draws done")
     for column in ("measurement", "chains complete", "chain-draws done", "of"):
         table.add_column(column, justify="right")
+    planned = planned_draws(group)  # per measurement: an `until` campaign stops each at its own draws
     for m in range(done.shape[0]):
-        table.add_row(str(m), f"{int((done[m] >= draws).sum())}/{done.shape[1]}", str(int(done[m].sum())), str(draws * done.shape[1]))
+        table.add_row(str(m), f"{int((done[m] >= planned[m]).sum())}/{done.shape[1]}", str(int(done[m].sum())), str(int(planned[m]) * done.shape[1]))
     console.print(table)
-    total = draws * done.size
+    total = int(planned.sum()) * done.shape[1]
     console.print(f"total:    {int(done.sum())}/{total} chain-draws ({100 * done.sum() / max(total, 1):.1f} %)", markup=False)
     stats = read_unit_stats(group)
     if stats:

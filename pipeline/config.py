@@ -20,7 +20,9 @@ receive ``root``.
 
 Remainders: ``chunks.chains`` need not divide ``chains`` (the last chain block of each
 measurement is smaller), and ``chunks.draws`` need not divide ``draws`` (the last draw chunk
-is partial); a Zarr edge chunk holds them.
+is partial); a Zarr edge chunk holds them. An ``until`` campaign's store grows to
+``until.max_draws``: its ``chunks.draws`` may exceed ``draws`` (the first round) up to that, the
+partial chunk being rewritten, its done draws unchanged, as the rounds grow.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ __all__ = [
     "ChunkSpec",
     "ClusterSpec",
     "ReduceSpec",
+    "UntilSpec",
     "load_campaign",
+    "sampler_notes",
     "campaign_from_dict",
     "is_url",
     "DRAW_KEYS",
@@ -59,7 +63,8 @@ __all__ = [
 # Keys that determine every draw of a unit: the config hash covers these (and the data source);
 # a store refuses a campaign that differs in one of them. ``chains``, ``draws`` and the number of
 # measurements may grow (the store is extended); ``name``, ``store``, ``cluster``, ``reduce`` and
-# ``storage_options`` change nothing that is stored.
+# ``storage_options`` change nothing that is stored; ``until`` decides how many draws each
+# measurement gets, never their values (see :mod:`uqcampaign.pipeline.until`).
 DRAW_KEYS = ("seed", "operator", "noise", "prior", "sampler", "chunks")
 
 
@@ -159,6 +164,39 @@ class ReduceSpec(_Model):
     level: float = Field(default=0.9, gt=0, lt=1)
 
 
+class UntilSpec(_Model):
+    """``until``: draw in rounds until every measurement has converged (DESIGN §3).
+
+    Round ``r`` brings every measurement still running to ``min(draws · 2^r, max_draws)`` draws
+    per chain (the campaign's ``draws`` is the first round), then checks it on all its stored
+    draws with the diagnostics of ``uqc reduce``: it stops, converged, when every pixel meets
+    the three targets, or, not converged, at ``max_draws`` (flagged in the store's ``until/``
+    group and in ``uqc report``). Stopped measurements are not sampled further.
+    See :mod:`uqcampaign.pipeline.until`.
+
+    Reference: Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021, Bayesian Analysis 16(2),
+    "Rank-normalization, folding, and localization" (R̂ < 1.01 and ESS > 400).
+
+    Keys:
+        rhat: every pixel's rank-normalised split R̂ must be below this (> 1).
+        ess_bulk: every pixel's bulk effective sample size, all chains together, must be at
+            least this (> 0).
+        ess_tail: every pixel's tail ESS (of the 5% and 95% quantiles, the ends of a 90%
+            interval) must be at least this; null (default): the ess_bulk target; 0: not checked.
+        max_draws: draws per chain at most (>= draws); a measurement not converged there stops.
+    """
+
+    rhat: float = Field(default=1.01, gt=1, allow_inf_nan=False)
+    ess_bulk: float = Field(default=400.0, gt=0, allow_inf_nan=False)
+    ess_tail: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_draws: int = Field(ge=1)
+
+    @property
+    def tail_target(self) -> float:
+        """The tail-ESS target in force: ``ess_tail``, else ``ess_bulk``."""
+        return self.ess_bulk if self.ess_tail is None else self.ess_tail
+
+
 def _component(value: Any) -> dict[str, Any]:
     """An operator/prior/sampler spec: a mapping with a string ``kind`` (its keys are checked by kernels)."""
     if not isinstance(value, dict):
@@ -189,6 +227,7 @@ class Campaign(_Model):
     chunks: ChunkSpec
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     reduce: ReduceSpec = Field(default_factory=ReduceSpec)
+    until: UntilSpec | None = None
     storage_options: dict[str, Any] | None = None
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
@@ -202,19 +241,35 @@ class Campaign(_Model):
     @model_validator(mode="before")
     @classmethod
     def _default_chunks(cls, raw: Any) -> Any:
-        """No ``chunks``: 16 chains x 50 draws per chunk, clipped to the campaign."""
+        """No ``chunks``: 16 chains x 50 draws per chunk, clipped to the campaign (to
+        ``until.max_draws`` for an ``until`` campaign, whose store grows to it)."""
         if isinstance(raw, dict) and raw.get("chunks") is None:
             chains, draws = raw.get("chains"), raw.get("draws")
+            until = raw.get("until")
+            top = until.get("max_draws") if isinstance(until, dict) else None
+            if isinstance(draws, int) and isinstance(top, int) and not isinstance(top, bool) and top > draws:
+                draws = top
             if isinstance(chains, int) and isinstance(draws, int) and chains >= 1 and draws >= 1:
                 raw = {**raw, "chunks": {"chains": min(16, chains), "draws": min(50, draws)}}
         return raw
+
+    @property
+    def draws_limit(self) -> int:
+        """The most draws per chain the store can hold: ``draws``, or ``until.max_draws`` when larger."""
+        return self.draws if self.until is None else max(self.draws, self.until.max_draws)
 
     @model_validator(mode="after")
     def _chunks_fit(self) -> Campaign:
         if self.chunks.chains > self.chains:
             raise ValueError(f"@chunks.chains@ {self.chunks.chains} is larger than chains = {self.chains}; use at most {self.chains}")
-        if self.chunks.draws > self.draws:
-            raise ValueError(f"@chunks.draws@ {self.chunks.draws} is larger than draws = {self.draws}; use at most {self.draws}")
+        if self.chunks.draws > self.draws_limit:
+            limit = "draws" if self.until is None else "until.max_draws"
+            raise ValueError(f"@chunks.draws@ {self.chunks.draws} is larger than {limit} = {self.draws_limit}; use at most {self.draws_limit}")
+        if self.until is not None and self.until.max_draws < self.draws:
+            raise ValueError(
+                f"@until.max_draws@ {self.until.max_draws} is smaller than draws = {self.draws} (the first round); "
+                f"use at least {self.draws}"
+            )
         return self
 
     # -- derived quantities -------------------------------------------------------------
@@ -227,6 +282,10 @@ class Campaign(_Model):
         """Set :attr:`root` (in place) and return self."""
         self._root = Path(root).resolve()
         return self
+
+    def with_draws(self, draws: int) -> Campaign:
+        """A copy with ``draws`` draws per chain and the same root (one round of an ``until`` campaign)."""
+        return self.model_copy(update={"draws": int(draws)}).with_root(self.root)
 
     def resolve(self, location: str | Path) -> str:
         """``location`` made absolute against :attr:`root` (URLs are returned unchanged)."""
@@ -433,7 +492,24 @@ def _sampler_notes(campaign: Campaign) -> list[Any]:
         sampler = build_sampler(dict(campaign.sampler))
     except (ImportError, UQError):  # reported by _spec_problems, or left to the runner
         return []
-    return list(sampler.campaign_notes(campaign.chains, campaign.chunks.chains, campaign.draws))
+    return sampler_notes(campaign, sampler)
+
+
+def sampler_notes(campaign: Campaign, sampler: Any) -> list[Any]:
+    """``sampler``'s ``campaign_notes`` on this campaign's chains, chunks and most draws (``until.max_draws``
+    for an ``until`` campaign), and the refusal of ``until`` by a sampler whose draws cannot grow
+    (``DRAWS_EXTEND`` False: SMC)."""
+    notes = list(sampler.campaign_notes(campaign.chains, campaign.chunks.chains, campaign.draws_limit))
+    if campaign.until is not None and not sampler.DRAWS_EXTEND:
+        from uqcampaign.kernels.samplers.facts import CampaignNote
+
+        notes.append(CampaignNote(
+            "until",
+            f"sampler {sampler.kind!r} takes all of a unit's draws from one pool at its end, so the rounds of until: "
+            f"cannot extend a measurement's draws (a longer run takes other draws): remove until: and give fixed draws "
+            f"(e.g. draws: {campaign.until.max_draws}), or use a Markov-chain sampler (ula, skrock)",
+        ))
+    return notes
 
 
 def _spec_problems(raw: dict[str, Any], path: Path | None, node: yaml.Node | None) -> list[Problem]:

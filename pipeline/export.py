@@ -74,7 +74,7 @@ def inference_data(store: Any, measurement: int | None = None, storage_options: 
         empty = [m for m, u in zip(chosen, used) if u < 1]
         raise UQError(f"store {name}: measurements {empty} have no draw done in every chain; finish the campaign first (`uqc run CAMPAIGN.yaml`)")
     if say is not None and int(used.max()) > n:
-        say(f"measurements hold {int(used.min())}..{int(used.max())} draws complete in every chain; all are exported with the first {n}")
+        say(f"measurements hold {int(used.min())}..{int(used.max())} draws complete in every chain; all are exported with the first {n} (--measurement M exports all of one)")
     pick: dict[str, Any] = {"measurement": measurement} if measurement is not None else {}
     samples = _data_array(root["samples"], ("measurement", "chain", "draw", *IMAGE_DIMS)).isel(draw=slice(0, n), **pick)
     order = ("chain", "draw") + (() if measurement is not None else ("measurement",)) + IMAGE_DIMS

@@ -16,7 +16,7 @@ or read, the store is created, or any chain tensor is allocated. A worker holds,
 The store holds ``samples`` (M, chains, draws, C, H, W) float32, the measurements, the sampler's
 facts (:func:`fact_bytes`: a latent prior's condition trace is ``iterations × 1 × L × D`` per
 measurement) and the ``summary/`` that ``uqc reduce`` adds (per-pixel statistics in float64 and the
-per-draw χ²).
+per-draw χ²); an ``until`` campaign is sized at ``until.max_draws`` (the most its store can grow to).
 Sizes are uncompressed: an upper bound, since posterior draws compress little.
 
 What does not fit is refused with a :class:`UQError` that gives the figures and the fix.
@@ -38,6 +38,7 @@ __all__ = [
     "Footprint",
     "Budget",
     "footprint",
+    "start_calls",
     "object_bytes",
     "check_fits",
     "check_campaign",
@@ -67,7 +68,8 @@ class Footprint:
     Per worker: ``chunk_buffer`` (one unit's ``(chunks.chains, chunks.draws, C, H, W)`` float32),
     ``chunk_write`` (Zarr's serialised and compressed copies while it writes a chunk), ``sampler_state`` (``state_what`` says which
     tensors), ``prior``, ``operator``. ``chains``: per measurement. Store: ``samples``, ``measurements`` (``y``, truth),
-    ``summary``. ``nfe_per_draw``/``nfe_per_unit``: network calls per chain.
+    ``summary``. ``nfe_per_draw``/``nfe_per_unit``: network calls per chain (a unit's include its start: a learned
+    prior's ``sample_calls`` under ``init: prior``).
     """
 
     campaign: str
@@ -166,7 +168,7 @@ def footprint(
     image = math.prod(img_shape)
     cc, cd = campaign.chunks.chains, campaign.chunks.draws
     state = sampler.state_size(cc, tuple(img_shape), prior_description)
-    m, chains, draws = n_measurements, campaign.chains, campaign.draws
+    m, chains, draws = n_measurements, campaign.chains, campaign.draws_limit  # an `until` store may grow to max_draws
     pixel_arrays = len(PIXEL_STATS) + (1 if has_truth else 0)  # + error
     summary = m * image * (pixel_arrays * FLOAT64 + (1 if has_truth else 0)) + m * chains * draws * FLOAT64 + 3 * m * FLOAT64
     measurements = m * math.prod(obs_shape) * FLOAT32 + (m * image * FLOAT32 if has_truth else 0)
@@ -191,7 +193,7 @@ def footprint(
         measurements=measurements,
         summary=summary,
         nfe_per_draw=float(sampler.nfe_per_draw()),
-        nfe_per_unit=float(sampler.nfe_per_unit(draws)),
+        nfe_per_unit=float(sampler.nfe_per_unit(draws)) + start_calls(sampler, prior_description),
         facts=fact_bytes(campaign, sampler, prior_description, m),
     )
 
@@ -214,6 +216,14 @@ def fact_bytes(campaign: Campaign, sampler: Any, prior_description: dict[str, An
             entries *= campaign.n_blocks
         total += entries * np.dtype(array.dtype).itemsize
     return n_measurements * total
+
+
+def start_calls(sampler: Any, prior_description: dict[str, Any]) -> float:
+    """Network calls per chain of a unit's start: the prior's ``sample_calls`` (``describe()``) when the sampler
+    starts its chains at prior draws (``init: prior``, as :func:`~uqcampaign.kernels.samplers.langevin.start_calls`), else 0."""
+    if getattr(getattr(sampler, "config", None), "init", None) != "prior":
+        return 0.0
+    return float(prior_description.get("sample_calls", 0) or 0)
 
 
 @dataclass(frozen=True)

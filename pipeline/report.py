@@ -37,6 +37,7 @@ from uqcampaign.pipeline.diagnostics import MIN_DRAWS
 from uqcampaign.pipeline.location import Location
 from uqcampaign.pipeline.store import json_attr, obs_array, open_store, store_location
 from uqcampaign.pipeline.summary import SummaryStatus, open_summary_group, summary_status
+from uqcampaign.pipeline.until import until_report_fields
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -317,6 +318,7 @@ def _rows(view: SummaryView, calibration: dict[str, Any] | None = None, extra: d
     if used is None:
         used = np.asarray(view.root["draws_done"][...]).min(axis=1)
     context = _context(view, calibration)
+    until = until_report_fields(view.root)  # None unless an `until` campaign wrote the store
     rows = []
     for m in range(view.n_measurements):
         facts = measurement_facts(view, m, context, float(chi2[m]), int(used[m]), (extra or {}).get(m, ()))
@@ -338,8 +340,19 @@ def _rows(view: SummaryView, calibration: dict[str, Any] | None = None, extra: d
                 "reasons": "; ".join(verdict.reasons),
             }
         )
+        if until is not None:
+            _with_until(rows[-1], until[m])
     _add_sampler_facts(view, rows)
     return rows
+
+
+def _with_until(row: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Add an ``until`` store's fields (:func:`~uqcampaign.pipeline.until.until_report_fields`) to a row:
+    the planned draws at the measurement's stop, its state, and its flag."""
+    fields = dict(fields)
+    flag = fields.pop("until_flag")
+    row.update(fields)
+    row["flag"] = ", ".join(part for part in (row.get("flag", ""), flag) if part)
 
 
 def _add_sampler_facts(view: SummaryView, rows: list[dict[str, Any]]) -> None:
@@ -348,7 +361,7 @@ def _add_sampler_facts(view: SummaryView, rows: list[dict[str, Any]]) -> None:
 
     for row, facts in zip(rows, measurement_facts(view.root, len(rows))):
         row.update(facts)
-        row["flag"] = ", ".join(fact_flags(facts))
+        row["flag"] = ", ".join(part for part in (row.get("flag", ""), *fact_flags(facts)) if part)
 
 
 def report_rows(
@@ -368,7 +381,9 @@ def report_rows(
     (``log_evidence``/``log_evidence_se``/``log_evidence_runs``, ``outside_box``,
     ``condition_shift``/``objective_first``/``objective_last``/``objective_trend``:
     :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) and ``flag`` (their flags, "" when fine).
-    ``calibration``: a ``uqc calibrate`` store (see :func:`find_calibration`); ``extra``: more
+    A store of an ``until`` campaign adds ``until``, ``until_round``, ``until_draws`` and plans each
+    measurement at the draws it stopped at (:func:`~uqcampaign.pipeline.until.until_report_fields`;
+    its flag joins ``flag``). ``calibration``: a ``uqc calibrate`` store (see :func:`find_calibration`); ``extra``: more
     ``(word, reason)`` per measurement from other flags.
     Raises :class:`UQError` when the store has no draws or its summary is missing or stale,
     unless ``reduce`` (see :func:`open_summary`).
@@ -443,15 +458,24 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
             f"< {PIXEL_FRACTION:.0%} of pixels with R̂ < {RHAT_WARN} and ESS ≥ {ESS_PER_GROUP} per chain group), too few draws "
             f"(MCSE ≥ {MCSE_FRACTION} std), data misfit (mean χ² outside the {CHI2_LEVEL:.0%} band of χ²_k/m), miscalibrated "
             f"(`uqc calibrate` on record says so)"
+            + (
+                " · until: converged, max_draws (stopped there without converging: flagged) or running, with the round and "
+                "draws per chain of its last convergence check"
+                if any("until" in row for row in rows)
+                else ""
+            )
         ),
         caption_justify="left",
     )
+    until = any("until" in row for row in rows)
     from uqcampaign.pipeline.unit_facts import fact_columns
 
     facts = fact_columns(rows)
     for column, justify in (("meas.", "right"), ("draws", "right"), ("coverage", "right"), ("R̂ max", "right"), ("ESS bulk min", "right"),
                             ("ESS tail min", "right"), ("χ² mean", "right"), ("χ² out", "right"), ("implausible", "right")):
         table.add_column(column, justify=justify, no_wrap=column in ("draws", "R̂ max"))
+    if until:
+        table.add_column("until", overflow="fold")
     for header, _, caption in facts:
         table.add_column(header, justify="right")
         table.caption = f"{table.caption} · {caption}"
@@ -470,6 +494,7 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
             _fmt(row["chi2_mean"], ".3f"),
             "—" if row["chi2_outliers"] is None else str(row["chi2_outliers"]),
             "—" if row["implausible"] is None else str(row["implausible"]),
+            *([_until_cell(row)] if until else []),
             *(text(row) for _, text, _ in facts),
             f"[{style}]{row['verdict']}[/]",
             end_section=row is rows[-1],
@@ -486,6 +511,13 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
     if record is not None:
         cov = record.get("coverage") or {}
         out.print(f"calibration on record: {record.get('verdict')} ({', '.join(f'{k}: {v:.3f}' for k, v in cov.items())}; {record.get('store')})", markup=False, soft_wrap=True)
+
+
+def _until_cell(row: dict[str, Any]) -> str:
+    """The ``until`` column: converged / max_draws / running, with the round (1-based) and draws per chain."""
+    if row.get("until_round") is None:
+        return row.get("until", "")
+    return f"{row['until']} (round {row['until_round'] + 1}, {row['until_draws']} draws)"
 
 
 REPORT_FORMATS = ("table", "json", "csv")

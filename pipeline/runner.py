@@ -7,7 +7,9 @@ output says so; finished units are skipped, a half-done unit recomputes its done
 without writing them. A campaign with more draws, chains or measurements grows its store
 (:mod:`~uqcampaign.pipeline.campaign_store`). A store of another campaign is refused unless
 ``force`` (and ``delete_draws`` when it holds draws). A second writer on the same store is
-refused while this one holds the lease (:mod:`~uqcampaign.pipeline.lease`).
+refused while this one holds the lease (:mod:`~uqcampaign.pipeline.lease`). A campaign with
+``until:`` runs in rounds until each measurement has converged (:mod:`~uqcampaign.pipeline.until`,
+whose round loop the Ray driver shares).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from rich.text import Text
 
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.campaign_store import create_or_open
-from uqcampaign.pipeline.config import Campaign
-from uqcampaign.pipeline.lease import hold_lease
+from uqcampaign.pipeline.config import Campaign, sampler_notes
+from uqcampaign.pipeline.lease import Lease, hold_lease
 from uqcampaign.pipeline.preflight import Budget, check_campaign
 from uqcampaign.pipeline.store import StoreLayout, consolidate, draws_done
-from uqcampaign.pipeline.units import load_components, pending_units, run_unit
+from uqcampaign.pipeline.units import Unit, load_components, pending_units, run_unit
 
 __all__ = ["RunResult", "prepare_store", "measurement_layout", "check_sampler", "run_campaign", "draw_progress", "units_done"]
 
@@ -101,7 +103,7 @@ def check_sampler(campaign: Campaign, prior: Any, operator: Any, sampler: Any) -
     Every sampler's ``run`` checks its inputs when called and returns a lazy generator, so
     calling it on a zero measurement ``(*obs_shape)`` and never consuming it costs nothing.
     """
-    refused = [note.message for note in sampler.campaign_notes(campaign.chains, campaign.chunks.chains, campaign.draws) if note.error]
+    refused = [note.message for note in sampler_notes(campaign, sampler) if note.error]
     if refused:  # load_campaign refuses these too; a campaign built another way is checked here
         raise UQError(refused[0])
     y = torch.zeros(tuple(operator.obs_shape), dtype=torch.float32)  # prepare_store builds on the CPU
@@ -154,28 +156,57 @@ def run_campaign(
 
     ``resume`` is accepted for symmetry with the Ray driver: a store of the same campaign is
     continued either way (see the module docstring). Messages (resuming, growing, ``--force``
-    removal) are printed on ``console`` before any work and returned.
+    removal) are printed on ``console`` before any work and returned. An ``until`` campaign runs
+    its rounds (:func:`~uqcampaign.pipeline.until.run_rounds`); its result counts the units and
+    chain-draws of every round.
     """
     console = console or Console(stderr=True)
     start = time.perf_counter()
     with hold_lease(campaign.store_location, "run", campaign.storage_options) as lease:
         say = lambda text: console.print(text, markup=False)  # noqa: E731
-        group, messages, (prior, operator, _) = prepare_store(campaign, force=force, delete_draws=delete_draws, say=say)
+        opening = campaign
+        if campaign.until is not None:
+            from uqcampaign.pipeline.until import opening_campaign
+
+            opening = opening_campaign(campaign)  # an until store may hold more draws than the first round
+        group, messages, (prior, operator, _) = prepare_store(opening, force=force, delete_draws=delete_draws, say=say)
         if resume and not messages:
             console.print(f"{campaign.store_location}: no earlier run to resume; starting")
-        done = draws_done(group)
-        units = pending_units(campaign, done)
-        total = done.shape[0] * campaign.n_blocks
-        remaining = int((campaign.draws - done).clip(min=0).sum())
-        written = 0
-        with draw_progress(console, progress and bool(units)) as bar:
-            task = bar.add_task(units_done(campaign.name, total - len(units), total), total=remaining)
-            for k, unit in enumerate(units, start=1):
-                lease.check()
-                stats = run_unit(campaign, unit, group, prior=prior, operator=operator, on_chunk=lambda n: bar.advance(task, n))
-                chains = campaign.block_chains(unit.block)
-                written += stats.draws_written * (chains.stop - chains.start)
-                bar.update(task, description=units_done(campaign.name, total - len(units) + k, total))
+
+        def run_units(this: Campaign, units: list[Unit], name: str, total: int | None = None) -> int:
+            return _run_units(this, group, units, len(units) if total is None else total, name, prior, operator, lease, console, progress)
+
+        if campaign.until is not None:
+            from uqcampaign.pipeline.until import run_rounds
+
+            rounds = run_rounds(campaign, group, run_units, say=say)
+            n_run, written, messages = rounds.units_run, rounds.draws_written, messages + rounds.messages
+            total = n_run
+        else:
+            done = draws_done(group)
+            units = pending_units(campaign, done)
+            total = done.shape[0] * campaign.n_blocks
+            n_run, written = len(units), run_units(campaign, units, campaign.name, total)
         consolidate(group)
     seconds = time.perf_counter() - start
-    return RunResult(campaign.store_location, len(units), total, written, seconds, messages)
+    return RunResult(campaign.store_location, n_run, total, written, seconds, messages)
+
+
+def _run_units(
+    campaign: Campaign, group: zarr.Group, units: list[Unit], total: int, name: str, prior: Any, operator: Any, lease: Lease,
+    console: Console, progress: bool,
+) -> int:
+    """Run ``units`` here, one after the other, under a progress bar labelled ``name`` (``total``
+    units in all, the others done); returns the chain-draws written."""
+    done = draws_done(group)
+    remaining = sum(int((campaign.draws - done[u.measurement, campaign.block_chains(u.block)]).clip(min=0).sum()) for u in units)
+    written = 0
+    with draw_progress(console, progress and bool(units)) as bar:
+        task = bar.add_task(units_done(name, total - len(units), total), total=remaining)
+        for k, unit in enumerate(units, start=1):
+            lease.check()
+            stats = run_unit(campaign, unit, group, prior=prior, operator=operator, on_chunk=lambda n: bar.advance(task, n))
+            chains = campaign.block_chains(unit.block)
+            written += stats.draws_written * (chains.stop - chains.start)
+            bar.update(task, description=units_done(name, total - len(units) + k, total))
+    return written

@@ -652,19 +652,21 @@ class DrawWriter:
         self.draws_done = group["draws_done"]
 
     def _check_aligned(self, chains: slice, draws: slice) -> None:
-        """A write must cover exactly one chunk (so that no two units touch the same chunk)."""
+        """A write must cover the chains of exactly one chunk and the draws of one chunk from its
+        start (so that no two units touch the same chunk). It may stop short of the chunk's end:
+        an ``until`` round below the store's draw size ends inside a chunk that it owns."""
         _, n_chains, n_draws = self.samples.shape[:3]
         _, cc, cd = self.samples.chunks[:3]
         ok = (
             chains.start % cc == 0
             and chains.stop == min(chains.start + cc, n_chains)
             and draws.start % cd == 0
-            and draws.stop == min(draws.start + cd, n_draws)
+            and draws.start < draws.stop <= min(draws.start + cd, n_draws)
         )
         if not ok:
             raise UQError(
-                f"write of chains {chains.start}:{chains.stop}, draws {draws.start}:{draws.stop} is not one chunk "
-                f"of {cc} chains x {cd} draws; write whole chunks"
+                f"write of chains {chains.start}:{chains.stop}, draws {draws.start}:{draws.stop} is not in one chunk "
+                f"of {cc} chains x {cd} draws from its start; write whole chunks"
             )
 
     def write(self, measurement: int, chains: slice, draws: slice, array: np.ndarray) -> None:

@@ -33,10 +33,12 @@ __all__ = ["Unit", "UnitStats", "count_measurements", "plan_units", "pending_uni
 
 @dataclass(frozen=True, order=True)
 class Unit:
-    """Work unit: chains ``campaign.block_chains(block)`` of measurement ``measurement``."""
+    """Work unit: chains ``campaign.block_chains(block)`` of measurement ``measurement``, drawn to
+    ``draws`` per chain (None: the campaign's ``draws``; an ``until`` round sets its own)."""
 
     measurement: int
     block: int
+    draws: int | None = None
 
 
 def count_measurements(campaign: Campaign) -> int:
@@ -79,8 +81,10 @@ def load_components(campaign: Campaign, prior: Any = None, operator: Any = None,
     from uqcampaign.kernels.samplers.registry import build_sampler
 
     if prior is None:
-        # Campaigns run in float32 (exact posteriors are still computed in float64 by the prior).
-        prior = build_prior(dict(campaign.prior), campaign.root).to(device=device, dtype=torch.float32)
+        # Campaigns run in float32 (exact posteriors are still computed in float64 by the prior); a learned
+        # prior's `dtype` key keeps its networks in that dtype (the formulas follow the chains' float32).
+        dtype = None if campaign.prior.get("dtype") is not None else torch.float32
+        prior = build_prior(dict(campaign.prior), campaign.root).to(device=device, dtype=dtype)
     if operator is None:
         operator = build_operator(dict(campaign.operator), tuple(prior.img_shape), campaign.root).to(device=device)
     return prior, operator, build_sampler(dict(campaign.sampler))
@@ -104,6 +108,8 @@ def run_unit(
     Otherwise the stats are also written to the store's ``units/`` group. ``on_chunk`` (if
     given) is called with the number of chain-draws of each chunk as it is computed.
     """
+    if unit.draws is not None:
+        campaign = campaign.with_draws(unit.draws)
     group = open_store(store, mode="r+", storage_options=campaign.storage_options)
     m, chains = unit.measurement, campaign.block_chains(unit.block)
     n_chains = chains.stop - chains.start

@@ -228,4 +228,20 @@ def report_lines(result: Validation, source: str) -> list[str]:
         f"{fp.nfe_total:.4g} in total over {campaign.chains * fp.n_measurements} chains, made as {fp.batched_calls:.4g} batched calls",
         f"time:      ≈ {human_seconds(total)} for the {fp.n_units} units one after the other{spread} "
         f"(probe: {result.probe.how}; ≈ {human_seconds(result.probe.unit_seconds)} per unit)",
+        *_until_lines(campaign),
+    ]
+
+
+def _until_lines(campaign: Campaign) -> list[str]:
+    """What ``until:`` adds: the rounds, and what the figures above count."""
+    if campaign.until is None:
+        return []
+    from uqcampaign.pipeline.until import round_schedule
+
+    spec, schedule = campaign.until, round_schedule(campaign)
+    return [
+        f"until:     rounds of {', '.join(map(str, schedule))} draws per chain; a measurement stops when every pixel has R̂ < {spec.rhat}, "
+        f"bulk ESS >= {spec.ess_bulk:g} and tail ESS >= {spec.tail_target:g}, or at {spec.max_draws} (flagged); store and NFE above are "
+        f"for {spec.max_draws} draws, time for the first round; each round recomputes the draws done, so stopping at round R costs "
+        f"up to 2 x one run of its draws"
     ]

@@ -1,43 +1,53 @@
-"""The ``latent-consistency`` prior: the LATINO setup (Stable Diffusion 1.5 + LCM at full scale).
+"""The ``latent-consistency`` prior: the LATINO setup (Stable Diffusion 1.5 / SDXL + LCM at full scale).
 
-A ``LatentConsistencyModelPipeline`` folder (``save_pretrained``)::
+A ``LatentConsistencyModelPipeline``, ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
+folder (``save_pretrained``; the scheduler swapped for ``LCMScheduler``, see
+:mod:`~uqcampaign.kernels.priors.latent_loading`)::
 
-    vae/           AutoencoderKL           E(x) = s · mean q(z | 2x - 1),  D(z) = (dec(z / s) + 1) / 2
+    vae/           AutoencoderKL           E(x) = s · mean q(z | a + s_x x),  D(z) = (dec(z / s) − a) / s_x
     unet/          UNet2DConditionModel    ε̂(z_t, t, c) (or v̂), optional guidance embedding
-    text_encoder/  CLIPTextModel           c = last hidden state of the prompt's tokens
-    tokenizer/     CLIPTokenizer
+    text_encoder/  CLIPTextModel           c = the prompt embedding (:mod:`~uqcampaign.kernels.priors.prompts`)
     scheduler/     LCMScheduler            ᾱ_t, the boundary scalings c_skip(t), c_out(t)
 
-Images are in ``[0, 1]`` (mapped to ``[-1, 1]`` for the VAE, as Stable Diffusion) and ``s`` is
-the VAE's ``scaling_factor``. The consistency map is the LCM parameterisation (Luo et al. 2023,
-eq. 9)::
+Campaign images (``image_range``, default ``[0, 1]``) are mapped to the VAE's ``data_range``
+(default ``[-1, 1]``, Stable Diffusion's) by ``x ↦ a + s_x x`` (:class:`PixelRange`); ``s`` is the
+VAE's ``scaling_factor`` (minus its ``shift_factor`` where set). The latent schedule is the UNet's
+own: the range map acts on the codec only. The consistency map is the LCM parameterisation
+(Luo et al. 2023, eq. 9)::
 
     G(z_t, t, c) = c_skip(t) z_t + c_out(t) x̂_0(z_t, t, c),   x̂_0 = (z_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t)
 
-which for a distilled LCM is its one-step map and for a plain latent ε-model (what
-``uqc train-prior latent-consistency`` ships) is the Tweedie denoiser up to ``c_skip(t) ≈ 0``.
+which for a distilled LCM (or an LCM-LoRA fused into SD) is its one-step map and for a plain
+latent ε-model is the Tweedie denoiser up to ``c_skip(t) ≈ 0``.
+
+Guidance (``guidance_scale = w``), as diffusers' pipelines do it:
+
+* a UNet with a guidance embedding (``time_cond_proj_dim``: LCM, LCM-SDXL) gets ``w − 1`` embedded
+  (``timestep_cond``): one network call;
+* any other UNet with ``w > 1`` (SD + LCM-LoRA, DMD2) runs classifier-free guidance,
+  ``ε̂ = ε̂(z, ∅) + w (ε̂(z, c) − ε̂(z, ∅))``: two network calls per consistency evaluation
+  (one batched UNet call on ``2B`` latents), so :attr:`network_calls` is 2 and samplers count both;
+* ``w = 1``: the conditional network alone.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-
 from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.priors.diffusion import timesteps_for, tweedie_x0
 from uqcampaign.kernels.priors.network import NetworkPrior
-from uqcampaign.kernels.priors.hf_loading import check_component_class, check_image_shape, open_model_folder
-from uqcampaign.kernels.priors.registry import PRIOR_KEYS, check_keys
+from uqcampaign.kernels.priors.pixel_range import SD_VAE_RANGE, PixelRange
+from uqcampaign.kernels.priors.prompts import Condition, as_condition
 
-__all__ = ["LATENT_PIPELINES", "LatentConsistencyPrior", "load_latent_consistency_prior", "guidance_embedding", "lcm_consistency",
-           "encode_prompt"]
+__all__ = ["GUIDANCE_MODES", "LatentConsistencyPrior", "guidance_embedding", "lcm_boundary", "lcm_consistency"]
 
-LATENT_PIPELINES = ("LatentConsistencyModelPipeline",)
-_DEFAULT_PROMPT = "a handwritten digit"
+# "embedding": w − 1 through the UNet's guidance embedding; "cfg": classifier-free guidance; "none": w = 1.
+GUIDANCE_MODES = ("embedding", "cfg", "none")
 
 
 def guidance_embedding(w: Tensor, dim: int) -> Tensor:
@@ -49,41 +59,52 @@ def guidance_embedding(w: Tensor, dim: int) -> Tensor:
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
 
-def lcm_consistency(unet: Any, scheduler: Any, alphas_cumprod: Tensor, z: Tensor, steps: Tensor, cond: Tensor,
-                    timestep_cond: Tensor | None, prediction_type: str) -> Tensor:
-    """The LCM map ``G(z_t, t, c) = c_skip(t) z_t + c_out(t) x̂_0(z_t, t, c)`` (Luo et al. 2023, eq. 9).
+def lcm_boundary(scheduler: Any, alphas_cumprod: Tensor, z: Tensor, steps: Tensor, out: Tensor, prediction_type: str) -> Tensor:
+    """``c_skip(t) z_t + c_out(t) x̂_0`` from the network output ``out`` (Luo et al. 2023, eq. 9); ``z, out (B, C_z, h, w)``.
 
-    ``z (B, C_z, h, w)``, ``steps`` LongTensor ``(B,)``, ``cond (B, L, D)``, ``timestep_cond (B, d)`` or None.
-    The UNet runs in its own dtype (half precision allowed); Tweedie's formula and the boundary
-    scalings run in ``z``'s dtype, the scalings computed in float64 ((10 t)² overflows float16).
+    Tweedie's formula and the boundary scalings run in ``z``'s dtype, the scalings computed in
+    float64 ((10 t)² overflows float16).
     """
-    dtype = next(unet.parameters()).dtype
-    embedding = None if timestep_cond is None else timestep_cond.to(dtype)
-    out = unet(z.to(dtype), steps, encoder_hidden_states=cond.to(dtype), timestep_cond=embedding).sample.to(z.dtype)
     x0 = tweedie_x0(z, out, alphas_cumprod.to(z.device)[steps].to(z.dtype).view(-1, 1, 1, 1), prediction_type)
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(steps.to(torch.float64).view(-1, 1, 1, 1))
     return c_skip.to(z.dtype) * z + c_out.to(z.dtype) * x0
 
 
+def lcm_consistency(unet: Any, scheduler: Any, alphas_cumprod: Tensor, z: Tensor, steps: Tensor, cond: Tensor,
+                    timestep_cond: Tensor | None, prediction_type: str) -> Tensor:
+    """The LCM map ``G(z_t, t, c)`` of one UNet call (the distillation's): ``z (B, C_z, h, w)``, ``steps`` LongTensor ``(B,)``,
+    ``cond (B, L, D)``, ``timestep_cond (B, d)`` or None. The UNet runs in its own dtype (half precision allowed)."""
+    dtype = next(unet.parameters()).dtype
+    embedding = None if timestep_cond is None else timestep_cond.to(dtype)
+    out = unet(z.to(dtype), steps, encoder_hidden_states=cond.to(dtype), timestep_cond=embedding).sample.to(z.dtype)
+    return lcm_boundary(scheduler, alphas_cumprod, z, steps, out, prediction_type)
+
+
 class LatentConsistencyPrior(NetworkPrior):
     """Latent prior: ``encode``/``decode`` through the VAE, ``consistency`` through the conditioned UNet.
 
-    ``img_shape = (C, H, W)`` of the VAE's images, ``latent_shape = (C_z, H/f, W/f)`` with
-    ``f = 2^(levels - 1)``; ``condition: (1, L, D)`` the prompt embedding; ``alphas_cumprod (T,)`` float64.
+    ``img_shape = (C, H, W)`` of the campaign images (any ``H, W`` multiple of the VAE factor
+    ``f = 2^(levels − 1)``), ``latent_shape = (C_z, H/f, W/f)``; ``condition``: the prompt embedding,
+    a tensor ``(1, L, D)`` (SD-1.5, LCM) or, for SDXL, the pair ``(embeds (1, L, D), pooled (1, D_proj))``;
+    ``negative_condition``: the same for the empty prompt (classifier-free guidance only);
+    ``time_ids (1, 6)``: SDXL's size conditioning (None otherwise); ``alphas_cumprod (T,)`` float64.
     """
 
     kind = "latent-consistency"
     is_latent = True
 
     _networks = ("vae", "unet")
-    _tensors = ("condition",)
+    _tensors = ("condition", "negative_condition", "time_ids")
 
-    def __init__(self, vae: Any, unet: Any, scheduler: Any, condition: Tensor, *, prompt: str,
-                 guidance_scale: float = 1.0, path: str | None = None) -> None:
+    def __init__(self, vae: Any, unet: Any, scheduler: Any, condition: Tensor | tuple, *, prompt: str,
+                 guidance_scale: float = 1.0, negative_condition: Tensor | tuple | None = None, time_ids: Tensor | None = None,
+                 img_shape: tuple[int, int, int] | None = None, pixel_range: PixelRange = SD_VAE_RANGE,
+                 sample_steps: int | None = None, path: str | None = None, source: dict[str, Any] | None = None) -> None:
         vcfg, ucfg = vae.config, unet.config
         factor = 2 ** (len(vcfg.block_out_channels) - 1)
         size = vcfg.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
+        c, h, w = tuple(img_shape) if img_shape is not None else (int(vcfg.in_channels), int(h), int(w))
         require(ucfg.in_channels == vcfg.latent_channels,
                 f"prior {self.kind!r}: UNet takes {ucfg.in_channels} latent channels but the VAE makes {vcfg.latent_channels}; the folder mixes two models")
         pred = scheduler.config.prediction_type
@@ -92,117 +113,132 @@ class LatentConsistencyPrior(NetworkPrior):
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.prediction_type: str = pred
-        self.img_shape: tuple[int, int, int] = (int(vcfg.in_channels), int(h), int(w))
+        self.img_shape: tuple[int, int, int] = (int(c), int(h), int(w))
         self.latent_shape: tuple[int, int, int] = (int(vcfg.latent_channels), int(h) // factor, int(w) // factor)
         self.scaling_factor = float(vcfg.scaling_factor)
+        self.shift_factor = float(getattr(vcfg, "shift_factor", None) or 0.0)
+        self.pixel_range = pixel_range
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.detach().to(torch.float64).clone()
         self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
-        self.condition: Tensor = condition.detach()
+        self.condition = condition.detach() if isinstance(condition, Tensor) else tuple(v.detach() for v in condition)
+        self.negative_condition = negative_condition
+        self.time_ids = time_ids
         self.prompt = prompt
         self.guidance_scale = float(guidance_scale)
+        if ucfg.time_cond_proj_dim is not None:
+            self.guidance = "embedding"
+        else:
+            self.guidance = "cfg" if self.guidance_scale > 1.0 else "none"
+        require(self.guidance != "cfg" or negative_condition is not None,
+                f"prior {self.kind!r}: classifier-free guidance needs the empty prompt's embedding")
+        self.network_calls = 2 if self.guidance == "cfg" else 1
+        self.sample_steps = sample_steps
         self.path = path
+        self.source = dict(source or {})
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's dtype (float32 beside a float16 UNet when the VAE's ``force_upcast`` asks)."""
+        return next(self.vae.parameters()).dtype
 
     # -- codec ---------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """``x: (B, C, H, W)`` in ``[0, 1]`` -> ``z: (B, *latent_shape)`` (posterior mean, scaled)."""
+        """``x: (B, C, H, W)`` in campaign units -> ``z: (B, *latent_shape)`` (posterior mean, scaled)."""
         self._check_shape(x, self.img_shape, "images")
-        xin = x.to(device=self.device, dtype=self.dtype)
-        z = self.vae.encode(2.0 * xin - 1.0).latent_dist.mean * self.scaling_factor
-        return z.to(dtype=x.dtype)
+        xin = self.pixel_range.to_network(x.to(device=self.device, dtype=self.vae_dtype))
+        z = self.vae.encode(xin).latent_dist.mean
+        if self.shift_factor:
+            z = z - self.shift_factor
+        return (z * self.scaling_factor).to(dtype=x.dtype)
 
     def decode(self, z: Tensor) -> Tensor:
-        """``z: (B, *latent_shape)`` -> ``x: (B, C, H, W)`` in image units (not clipped)."""
+        """``z: (B, *latent_shape)`` -> ``x: (B, C, H, W)`` in campaign units (not clipped)."""
         self._check_shape(z, self.latent_shape, "latents")
-        zin = z.to(device=self.device, dtype=self.dtype)
-        x = (self.vae.decode(zin / self.scaling_factor).sample + 1.0) / 2.0
-        return x.to(dtype=z.dtype)
+        zin = z.to(device=self.device, dtype=self.vae_dtype) / self.scaling_factor
+        if self.shift_factor:
+            zin = zin + self.shift_factor
+        return self.pixel_range.to_campaign(self.vae.decode(zin).sample).to(dtype=z.dtype)
 
     # -- the network -----------------------------------------------------------------------
-    def consistency(self, z_t: Tensor, t: int | Tensor, condition: Tensor | None = None) -> Tensor:
+    def _unet(self, z: Tensor, steps: Tensor, cond: Condition, timestep_cond: Tensor | None) -> Tensor:
+        """One UNet call ``(B, C_z, h, w)`` in ``z``'s dtype; ``cond`` already batched (``B`` rows)."""
+        dtype = self.dtype
+        added = None
+        if self.time_ids is not None:
+            require(cond.pooled is not None, f"prior {self.kind!r} (SDXL) needs the pair (embeds, pooled) as its condition")
+            added = {"text_embeds": cond.pooled.to(dtype), "time_ids": self.time_ids.to(z.device, dtype).expand(z.shape[0], -1)}
+        embedding = None if timestep_cond is None else timestep_cond.to(dtype)
+        out = self.unet(z.to(dtype), steps, encoder_hidden_states=cond.embeds.to(dtype), timestep_cond=embedding,
+                        added_cond_kwargs=added).sample
+        return out.to(z.dtype)
+
+    def _batched(self, condition: Any, batch: int, device: torch.device) -> Condition:
+        cond = as_condition(condition)
+        pooled = None if cond.pooled is None else cond.pooled.to(device).expand(batch, -1)
+        return Condition(cond.embeds.to(device).expand(batch, -1, -1), pooled)
+
+    def consistency(self, z_t: Tensor, t: int | Tensor, condition: Tensor | tuple | None = None) -> Tensor:
         """``G(z_t, t, c)``: ``z_t (B, *latent_shape)``, t int or ``(B,)`` -> ``z_0 (B, *latent_shape)``.
 
-        ``condition``: a prompt embedding ``(1 or B, L, D)`` used instead of :attr:`condition`
-        (LATINO-PRO differentiates through it); ``None`` uses the prior's own prompt.
+        ``condition``: a prompt embedding used instead of :attr:`condition` (LATINO-PRO
+        differentiates through it): a tensor ``(1 or B, L, D)``, or for SDXL the pair
+        ``(embeds (1 or B, L, D), pooled (1 or B, D_proj))``; ``None`` uses the prior's own prompt.
+        Under classifier-free guidance the unconditional branch keeps :attr:`negative_condition`.
         """
         self._check_shape(z_t, self.latent_shape, "latents")
         z = z_t.to(device=self.device)
         batch = z.shape[0]
         steps = timesteps_for(t, batch, self.num_train_timesteps, z.device)
+        cond = self._batched(self.condition if condition is None else condition, batch, z.device)
         timestep_cond = None
-        if self.unet.config.time_cond_proj_dim is not None:
+        if self.guidance == "embedding":
             w = torch.full((batch,), self.guidance_scale - 1.0, device=z.device)
             timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim)
-        cond = (self.condition if condition is None else condition).to(z.device).expand(batch, -1, -1)
-        return lcm_consistency(self.unet, self.scheduler, self.alphas_cumprod, z, steps, cond, timestep_cond,
-                               self.prediction_type).to(device=z_t.device)
+        if self.guidance == "cfg":
+            neg = self._batched(self.negative_condition, batch, z.device)
+            both = Condition(torch.cat([neg.embeds, cond.embeds]), None if cond.pooled is None else torch.cat([neg.pooled, cond.pooled]))
+            uncond, text = self._unet(torch.cat([z, z]), torch.cat([steps, steps]), both, None).chunk(2)
+            out = uncond + self.guidance_scale * (text - uncond)
+        else:
+            out = self._unet(z, steps, cond, timestep_cond)
+        return lcm_boundary(self.scheduler, self.alphas_cumprod, z, steps, out, self.prediction_type).to(device=z_t.device)
 
     def denoise(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """Not defined in pixel space for a latent prior: ULA/DPS need a pixel prior."""
         raise UQError(f"prior {self.kind!r} is a latent prior with no pixel denoiser; use sampler kind latino, or a diffusion prior")
+
+    # -- drawing from the prior ---------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` draws ``(n, C, H, W)`` in campaign units, float32: LCM multistep sampling with the prompt
+        (``sample_steps`` steps, default 4, the LCMScheduler's timesteps, as diffusers' LCM pipeline):
+        ``z_{k+1} = sqrt(ᾱ) G(z_k, t_k, c) + sqrt(1 − ᾱ) ε`` at the next timestep, the last ``G`` decoded."""
+        n = self._check_count(n)
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(self.sample_step_count(), device=self.device)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        z = self._noise((n, *self.latent_shape), generator) * scheduler.init_noise_sigma
+        with torch.no_grad():
+            for k, t in enumerate(timesteps):
+                z0 = self.consistency(z, t)
+                if k + 1 < len(timesteps):
+                    ab = float(self.alphas_cumprod[timesteps[k + 1]])
+                    z = math.sqrt(ab) * z0 + math.sqrt(1.0 - ab) * self._noise(z0.shape, generator)
+            return self.decode(z0).float()
+
+    def sample_step_count(self) -> int:
+        """``sample_steps``, else 4 (the LCM pipeline's usual count)."""
+        return int(self.sample_steps or 4)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _description(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
             "guidance_scale": self.guidance_scale,
+            "guidance": self.guidance,
             "prediction_type": self.prediction_type,
             "latent_shape": list(self.latent_shape),
-            "condition_shape": list(self.condition.shape),  # (1, L, D): latino-pro's store arrays are declared from it
+            "sample_steps": self.sample_steps,
+            # (1, L, D): latino-pro's store arrays are declared from it; SDXL's pair (embeds, pooled) has none
+            "condition_shape": None if isinstance(self.condition, tuple) else list(self.condition.shape),
+            "condition_shapes": [list(c.shape) for c in self.condition] if isinstance(self.condition, tuple) else None,
         }
-
-
-def encode_prompt(tokenizer: Any, text_encoder: Any, prompt: str | list[str]) -> Tensor:
-    """The condition ``c (P, L, D)`` of ``P`` prompts (one string: ``P = 1``): CLIP's last hidden state of the padded tokens."""
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text_encoder(ids.to(text_encoder.device)).last_hidden_state
-
-
-def load_latent_consistency_prior(spec: dict[str, Any], root: Path | str | None = None) -> LatentConsistencyPrior:
-    """Latent consistency model: VAE + conditioned UNet + LCMScheduler + CLIP text encoder (the LATINO setup).
-
-    Builds a :class:`LatentConsistencyPrior` from ``{kind: latent-consistency, path, prompt}``; the text
-    encoder runs once here and is then dropped.
-
-    Reference: Luo, Tan, Huang, Li & Zhao 2023, arXiv:2310.04378, "Latent consistency models"; Rombach et al. 2022, CVPR (latent diffusion).
-
-    Keys:
-        path: a LatentConsistencyModelPipeline (or StableDiffusion with an LCMScheduler) folder written by
-            save_pretrained (safetensors weights), relative to the campaign file's folder (required).
-        prompt: text of the condition c (default "a handwritten digit").
-        guidance_scale: classifier-free guidance scale w >= 1 given to the LCM as its embedding (default 1).
-        img_shape: [C, H, W] the campaign's images must have; optional, checked against the model.
-        image_size: H (or [H, W]) the campaign's images must have; optional, checked against the model.
-    """
-    kind = "latent-consistency"
-    check_keys(spec, PRIOR_KEYS[kind])
-    prompt = spec.get("prompt", _DEFAULT_PROMPT)
-    require(isinstance(prompt, str), f"prior {kind!r}: prompt must be a string, got {prompt!r}")
-    guidance = spec.get("guidance_scale", 1.0)
-    require(isinstance(guidance, (int, float)) and guidance >= 1.0, f"prior {kind!r}: guidance_scale = {guidance!r} must be a number >= 1")
-    folder, _ = open_model_folder(spec, root, kind, LATENT_PIPELINES)
-    check_component_class(folder, "vae", "config.json", kind, ("AutoencoderKL",))
-    check_component_class(folder, "unet", "config.json", kind, ("UNet2DConditionModel",))
-    check_component_class(folder, "scheduler", "scheduler_config.json", kind, ("LCMScheduler",))
-    check_component_class(folder, "text_encoder", "config.json", kind, ("CLIPTextModel",))
-    for sub in ("vae", "unet", "text_encoder"):
-        require(any((folder / sub).glob("*.safetensors")),
-                f"prior {kind!r}: {str(folder / sub)!r} has no .safetensors weights; save the model with save_pretrained(safe_serialization=True)")
-    from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    try:
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, local_files_only=True)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, local_files_only=True)
-        scheduler = LCMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UQError(f"prior {kind!r}: cannot load {str(folder)!r}: {first}") from None
-    condition = encode_prompt(tokenizer, text_encoder.eval(), prompt)
-    prior = LatentConsistencyPrior(vae, unet, scheduler, condition, prompt=prompt, guidance_scale=float(guidance),
-                                   path=str(spec["path"]))
-    check_image_shape(spec, prior.img_shape, kind)
-    return prior

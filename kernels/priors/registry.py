@@ -12,9 +12,10 @@ kind                   spec
 ``gmm``                ``{file: x.npz}`` (keys ``weights (K,)``, ``means``, ``variances (K,C,H,W)``;
                        a conditional mixture: ``logit_weights (K,k)`` and ``condition (k,)``,
                        the spec's ``condition: [...]`` replacing the file's)
-``diffusion``          ``{path: folder}`` (a diffusers ``save_pretrained`` folder)
-``consistency``        ``{path: folder}``
-``latent-consistency`` ``{path: folder}``
+``diffusion``          ``{path: folder}`` (a diffusers ``save_pretrained`` folder, a hub-cache folder or a
+                       cached hub id) plus ``data_range``, ``variant``, ``dtype``, ``scheduler``, ``class_label``, ...
+``consistency``        ``{path: folder}`` plus the same keys
+``latent-consistency`` ``{path: folder, prompt}`` plus ``guidance_scale``, ``lora``, ``unet``, ``variant``, ``dtype``, ...
 =====================  ==============================================================
 
 :data:`PRIOR_KEYS` lists the keys each kind takes (the loaders check them with it), so
@@ -38,16 +39,20 @@ _LOADERS: dict[str, str] = {
     "gmm": "uqcampaign.kernels.priors.gaussian_mixture:load_gmm_prior",
     "diffusion": "uqcampaign.kernels.priors.diffusion:load_diffusion_prior",
     "consistency": "uqcampaign.kernels.priors.consistency:load_consistency_prior",
-    "latent-consistency": "uqcampaign.kernels.priors.latent_consistency:load_latent_consistency_prior",
+    "latent-consistency": "uqcampaign.kernels.priors.latent_loading:load_latent_consistency_prior",
 }
 PRIOR_KINDS: tuple[str, ...] = tuple(_LOADERS)
-# Keys each kind takes besides ``kind`` (img_shape, components, covariance repeat describe()).
+# Keys each kind takes besides ``kind`` (img_shape, components, covariance repeat describe()); the
+# loaders' docstrings (``Keys:`` sections, printed by ``uqc kinds``) say what each means.
+_PIXEL_NETWORK_KEYS = ("path", "img_shape", "image_size", "data_range", "image_range", "variant", "dtype", "scheduler",
+                       "class_label", "sample_steps")
 PRIOR_KEYS: dict[str, tuple[str, ...]] = {
     "gaussian": ("file", "shape", "mean", "variance", "img_shape", "components", "covariance"),
     "gmm": ("file", "condition", "img_shape", "components", "covariance", "condition_dim"),
-    "diffusion": ("path", "img_shape", "image_size"),
-    "consistency": ("path", "img_shape", "image_size"),
-    "latent-consistency": ("path", "prompt", "guidance_scale", "img_shape", "image_size"),
+    "diffusion": _PIXEL_NETWORK_KEYS,
+    "consistency": _PIXEL_NETWORK_KEYS,
+    "latent-consistency": ("path", "prompt", "guidance_scale", "img_shape", "image_size", "data_range", "image_range",
+                           "variant", "dtype", "lora", "unet", "sample_steps"),
 }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "likelihood_grad",
     "is_exact_prior",
     "require_pixel_prior",
+    "network_calls",
 ]
 
 
@@ -178,6 +179,15 @@ def require_pixel_prior(prior: Any, sampler_kind: str) -> None:
         callable(getattr(prior, "denoise", None)),
         f"sampler {sampler_kind!r} needs a prior with a denoiser, got {type(prior).__name__}",
     )
+
+
+def network_calls(prior: Any) -> int:
+    """Network evaluations per ``denoise``/``consistency`` call of ``prior`` (its ``network_calls``, default 1).
+
+    A latent prior under classifier-free guidance evaluates its UNet twice per call (2); samplers
+    multiply their per-draw ``nfe`` by this so the store counts every network evaluation.
+    """
+    return int(getattr(prior, "network_calls", 1))
 
 
 def chains_measurement(y: torch.Tensor, n_chains: int) -> torch.Tensor:

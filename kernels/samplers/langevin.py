@@ -61,6 +61,7 @@ __all__ = [
     "finish_update",
     "check_start",
     "start",
+    "start_calls",
     "chain_draws",
     "LangevinSampler",
 ]
@@ -260,8 +261,8 @@ def start(init: str, y_chains: Tensor, operator: Any, prior: Any, generator: tor
     """The chains' starting points ``(chains, C, H, W)`` in ``y``'s dtype/device.
 
     ``pinv``: every chain at ``pinv(y)``. ``prior``: independent draws ``prior.sample(chains,
-    generator)`` when the prior can sample (their network calls, if any, are not counted in
-    ``nfe``; exact priors make none), else ``pinv(y)`` plus Gaussian noise of std
+    generator)`` when the prior can sample (their network calls, :func:`start_calls`, are counted
+    in draw 0's ``nfe``; exact priors make none), else ``pinv(y)`` plus Gaussian noise of std
     ``(hi − lo)/12`` per pixel from ``prior.support()`` (a support of ±6 std).
     """
     n_chains = y_chains.shape[0]
@@ -282,15 +283,24 @@ def start(init: str, y_chains: Tensor, operator: Any, prior: Any, generator: tor
     return base + scale * noise
 
 
+def start_calls(init: str, prior: Any) -> int:
+    """Network calls per chain of :func:`start`: a learned prior's ``sample_calls`` under ``init: prior``
+    (e.g. all T = 1000 steps of a DDPM folder unless its ``sample_steps`` says fewer), else 0."""
+    if init != "prior" or not callable(getattr(prior, "sample", None)):
+        return 0
+    return int(getattr(prior, "sample_calls", 0))
+
+
 StepFn = Callable[[ChainState], tuple[ChainState, StepInfo]]
 
 
-def chain_draws(step_fn: StepFn, x0: Tensor, burn_in: int, thin: int, n_draws: int, nfe_per_step: int) -> Iterator[Draw]:
+def chain_draws(step_fn: StepFn, x0: Tensor, burn_in: int, thin: int, n_draws: int, nfe_per_step: int,
+                nfe_start: int = 0) -> Iterator[Draw]:
     """Run a Markov chain from ``x0 (chains, C, H, W)``: ``burn_in`` iterations, then ``n_draws``
     draws ``thin`` iterations apart.
 
     Draw ``k`` is the state after ``burn_in + (k+1)·thin`` iterations; ``nfe = thin·nfe_per_step``
-    (draw 0 also pays the burn-in); ``info["outside_box"]``: the fraction of pixel-steps whose
+    (draw 0 also pays the burn-in and ``nfe_start``, the calls that made ``x0``); ``info["outside_box"]``: the fraction of pixel-steps whose
     update fell outside the box since the previous draw (draw 0: since the start).
     """
     state = ChainState(x0, 0)
@@ -304,7 +314,8 @@ def chain_draws(step_fn: StepFn, x0: Tensor, burn_in: int, thin: int, n_draws: i
                 state, info = step_fn(state)
                 outside = outside + info.outside_box
             steps = thin + (burn_in if index == 0 else 0)
-            yield Draw(index, state.x.detach().clone(), steps * nfe_per_step, {"outside_box": float(outside) / steps})
+            nfe = steps * nfe_per_step + (nfe_start if index == 0 else 0)
+            yield Draw(index, state.x.detach().clone(), nfe, {"outside_box": float(outside) / steps})
             outside = x0.new_zeros(())
 
 
@@ -360,4 +371,5 @@ class LangevinSampler(ConfiguredSampler):
         with torch.no_grad():
             x0 = start(self.config.init, y_chains, operator, prior, generator)
         advance = self.step_function(generator, y_chains, operator, prior, sigma, params)
-        yield from chain_draws(advance, x0, self.config.burn_in, self.config.thin, n_draws, self.nfe_per_step())
+        yield from chain_draws(advance, x0, self.config.burn_in, self.config.thin, n_draws, self.nfe_per_step(),
+                               start_calls(self.config.init, prior))

@@ -27,8 +27,9 @@ and ``noise_schemes.py``):
 * ``δ``: the authors pick it per problem (0.01 to 1 in their configs); the default 0.3 was
   chosen on the exact Gaussian/GMM test problems (see :class:`LatinoConfig`).
 
-``nfe`` per draw = ``steps`` consistency-network calls (latent priors also spend one
-encoder and one decoder call per step, not counted).
+``nfe`` per draw = ``steps`` × ``prior.network_calls`` network evaluations (2 per consistency
+call under classifier-free guidance; latent priors also spend one encoder and one decoder call
+per step, not counted).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any, ClassVar, Iterator, NamedTuple
 import torch
 
 from uqcampaign.kernels.errors import require
-from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs
+from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, chains_measurement, check_run_inputs, network_calls
 
 __all__ = [
     "LatinoConfig",
@@ -180,7 +181,7 @@ def step(
     u = decode(consistency_map(prior, z, t, condition))
     # 3. x = prox_{δ_t g_y}(u), δ_t = δ (1 − ᾱ_t)
     x = operator.prox_data(u, y_chains, sigma, delta * (1.0 - ab))
-    return LatinoState(x, state.k + 1), LatinoInfo(t, 1)
+    return LatinoState(x, state.k + 1), LatinoInfo(t, network_calls(prior))
 
 
 @dataclass(frozen=True)
@@ -215,4 +216,4 @@ class LatinoSampler(ConfiguredSampler):
                 state = start
                 while state.k < len(timesteps):
                     state, _ = step(generator, state, y_chains, operator, prior, sigma, timesteps, self.config.delta)
-                yield Draw(index, state.x.detach().clone(), len(timesteps))
+                yield Draw(index, state.x.detach().clone(), len(timesteps) * network_calls(prior))

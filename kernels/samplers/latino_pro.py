@@ -45,7 +45,7 @@ is plain LATINO-PRO.
 
 Network calls (``Draw.nfe``, per chain): the first draw carries the SAPG phase,
 ``iterations · steps + final_steps`` (the authors' schedule: 15 · 4 + 8 = 68); later draws
-``final_steps``. The surrogate also runs ``steps − 1`` backward passes per iteration through the
+``final_steps``; each times ``prior.network_calls`` (2 under classifier-free guidance). The surrogate also runs ``steps − 1`` backward passes per iteration through the
 network (not counted as calls; about two forward calls of compute each). ``exact`` on a ``gmm``
 calls the exact Tweedie denoiser, counted the same way.
 
@@ -81,6 +81,7 @@ from uqcampaign.kernels.samplers.base import (
     UnitArray,
     chains_measurement,
     check_run_inputs,
+    network_calls,
 )
 from uqcampaign.kernels.samplers.latino import (
     LatinoState,
@@ -293,11 +294,18 @@ def _finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def sdxl_refusal(kind: str) -> str:
+    """The one line refusing SDXL's condition pair (prompt embeddings, pooled embeddings)."""
+    return (f"sampler 'latino-pro' estimates one condition tensor, but prior kind {kind!r} holds SDXL's pair (prompt embeddings, "
+            "pooled embeddings), which it does not estimate; use sampler latino with SDXL folders, or an SD-1.5 / LCM folder")
+
+
 def condition_shape(prior: Any) -> tuple[int, ...]:
     """The shape of a prior's condition from its description (``describe()``): ``condition_shape``, or
     ``(condition_dim,)`` for a conditional ``gmm``; UQError when it has none."""
     if prior.get("condition_shape") is not None:
         return tuple(int(n) for n in prior["condition_shape"])
+    require(prior.get("condition_shapes") is None, sdxl_refusal(prior.get("kind", "?")))
     if prior.get("condition_dim") is not None:
         return (int(prior["condition_dim"]),)
     raise UQError(
@@ -373,6 +381,7 @@ class LatinoProSampler(ConfiguredSampler):
                 f"sampler 'latino-pro' needs a prior with a consistency map, got {type(prior).__name__}")
         anchor = getattr(prior, "condition", None)
         kind = getattr(prior, "kind", "?")
+        require(not isinstance(anchor, tuple), sdxl_refusal(kind))
         require(isinstance(anchor, Tensor),
                 f"sampler 'latino-pro' estimates the prior's condition, but prior kind {kind!r} has none; use sampler latino, "
                 "a latent-consistency prior, or a gmm whose .npz holds logit_weights (K, k) and a condition (k,)")
@@ -445,7 +454,8 @@ class LatinoProSampler(ConfiguredSampler):
                         "condition_trace": torch.stack(trace),
                         "objective_trace": torch.tensor(objective, dtype=torch.float64),
                     }
-                yield Draw(index, state.x.detach().clone(), len(final) + (sapg_nfe if index == 0 else 0), info)
+                calls = (len(final) + (sapg_nfe if index == 0 else 0)) * network_calls(prior)  # × 2 under classifier-free guidance
+                yield Draw(index, state.x.detach().clone(), calls, info)
 
     def _exact_iteration(self, generator, state, y_chains, operator, prior, sigma, ladder, c):
         """One LATINO run with ``c`` from the carried state, then ``h = mean_chains ∇_c log p(x | c)`` (closed form)."""

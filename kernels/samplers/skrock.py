@@ -30,7 +30,8 @@ whose non-smooth terms enter through their Moreau–Yosida envelopes); ``project
 to each iteration's output (as deepinv's ``SKRockIterator`` clips; not in the paper).
 
 Draws: as ``ula`` (dispersed starts by default; ``burn_in`` and ``thin`` count iterations), with
-``s`` denoiser calls per iteration: ``nfe = s·thin`` per draw, plus ``s·burn_in`` on draw 0.
+``s`` denoiser calls per iteration: ``nfe = s·thin`` per draw, plus ``s·burn_in`` on draw 0 (and the
+start's ``prior.sample_calls`` under ``init: prior`` with a learned prior, as ULA).
 ``Draw.info``: ``{"outside_box": fraction of pixel-iterations whose update fell outside C since
 the previous draw}``.
 """
@@ -81,8 +82,9 @@ class SKRockConfig(LangevinConfig):
         box: the convex set C: "auto" (the prior's support(), per pixel), [lo, hi], or null (none).
         box_rule: "penalty" (the Moreau–Yosida pull (1/λ)(Π_C(x) − x) in the score) or
             "project" (Π_C applied to each iteration's output).
-        init: "prior" (each chain starts at its own prior draw, from the unit's generator) or
-            "pinv" (every chain starts at pinv(y)).
+        init: "prior" (each chain starts at its own prior draw, from the unit's generator; a learned
+            prior's draw costs its sample_calls, counted in draw 0's nfe) or "pinv" (every chain
+            starts at pinv(y)).
     """
 
     stages: int = 10

@@ -14,7 +14,9 @@ refused. ``L = L_y + α/ε + 1/λ`` under the penalty rule with a box, ``L_y + �
 
 Draws (a Markov chain): the chains start at independent prior draws (``init: prior``) or all at
 ``pinv(y)`` (``init: pinv``); draw ``k`` is the state after ``burn_in + (k+1)·thin`` steps. One
-denoiser call per step, so ``nfe = thin`` per draw, plus the ``burn_in`` calls charged to draw 0.
+denoiser call per step, so ``nfe = thin`` per draw, plus the ``burn_in`` calls charged to draw 0 and,
+under ``init: prior`` with a learned prior, the ``prior.sample_calls`` of each chain's start draw
+(a DDPM folder samples with all its T steps unless the prior's ``sample_steps`` says fewer).
 ``Draw.info``: ``{"outside_box": fraction of pixel-steps whose update fell outside C since the
 previous draw}`` (0 without a box).
 
@@ -67,8 +69,9 @@ class ULAConfig(LangevinConfig):
         box: the convex set C: "auto" (the prior's support(), per pixel), [lo, hi], or null (none).
         box_rule: "penalty" (the Moreau–Yosida pull (δ/λ)(Π_C(x) − x) in the drift, Algorithm 1)
             or "project" (Π_C applied to every update, Algorithm 2).
-        init: "prior" (each chain starts at its own prior draw, from the unit's generator) or
-            "pinv" (every chain starts at pinv(y)).
+        init: "prior" (each chain starts at its own prior draw, from the unit's generator; a learned
+            prior's draw costs its sample_calls, counted in draw 0's nfe) or "pinv" (every chain
+            starts at pinv(y)).
     """
 
     _kind: ClassVar[str] = "ula"

@@ -62,8 +62,9 @@ def consistency_stages(dataset_name: str, steps: int, batch_size: int, lr: float
     sigma_min, sigma_data = float(sigmas[0]), 0.5
     student = tiny_unet2d(data.img_shape).to(device)
     target = copy.deepcopy(student).requires_grad_(False)
+    # clip_denoised=False: the student is trained unclipped on data in [0, 1] (diffusers clamps to [-1, 1])
     scheduler = CMStochasticIterativeScheduler(num_train_timesteps=len(ladder), sigma_min=sigma_min,
-                                               sigma_max=float(sigmas[-1]), sigma_data=sigma_data)
+                                               sigma_max=float(sigmas[-1]), sigma_data=sigma_data, clip_denoised=False)
 
     def loss(generator: torch.Generator, step: int) -> torch.Tensor:
         if step > 0:

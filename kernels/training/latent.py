@@ -46,7 +46,7 @@ def training_latent_means(vae: Any, device: torch.device) -> torch.Tensor:
 
 def prompt_embeddings(tokenizer: Any, text_encoder: Any) -> torch.Tensor:
     """``(11, L, D)``: the embeddings of the ten class prompts (index = label), then of the generic prompt (index 10)."""
-    from uqcampaign.kernels.priors.latent_consistency import encode_prompt
+    from uqcampaign.kernels.priors.prompts import encode_prompt
 
     return encode_prompt(tokenizer, text_encoder, [prompt_for(k) for k in range(10)] + [GENERIC_PROMPT])
 

@@ -49,7 +49,8 @@ def latent_distillation_stages(dataset_name: str, steps: int, batch_size: int, l
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from uqcampaign.kernels.priors.diffusion import tweedie_x0
-    from uqcampaign.kernels.priors.latent_consistency import guidance_embedding, lcm_consistency, load_latent_consistency_prior
+    from uqcampaign.kernels.priors.latent_consistency import guidance_embedding, lcm_consistency
+    from uqcampaign.kernels.priors.latent_loading import load_latent_consistency_prior
     from uqcampaign.kernels.training.datasets import digits16
     from uqcampaign.kernels.training.latent import prompt_embeddings, training_latent_means
 

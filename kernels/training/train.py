@@ -80,7 +80,8 @@ def train_prior(kind: str, out: str | Path, *, dataset: str = "digits16", steps:
 
     ``steps`` per stage (default 3000); ``device`` e.g. ``"cpu"`` or ``"cuda"``; ``resume``
     continues from ``out/checkpoint/`` (same options required); ``force`` overwrites a non-empty
-    ``out``. The final folder holds the model, ``training.json`` (options, loss log, seconds) and,
+    ``out``. The final folder holds the model, ``training.json`` (options, loss log, seconds, the
+    ``data_range`` the networks were trained on) and,
     unless ``keep_checkpoint=False``, the checkpoint. ``options`` go to the kind's recipe
     (latent-consistency: ``vae_steps``, or ``teacher`` (a latent ε-model folder) with ``ddim_steps``,
     ``w_min``, ``w_max`` to distil an LCM; consistency: ``teacher`` folder, ``grid``). Returns ``out``.
@@ -131,6 +132,9 @@ def train_prior(kind: str, out: str | Path, *, dataset: str = "digits16", steps:
                          f"--batch-size {batch_size} --lr {lr} --seed {seed}{extra}",
               "options": meta, "device": str(dev), "seconds_this_session": round(time.perf_counter() - started, 1),
               "loss_log_every_50_steps": logs,
+              # the range the networks were trained on: pixel UNets see the data as they are ([0, 1]),
+              # the VAE of a latent prior sees 2x - 1 (Stable Diffusion's convention); the priors read it back
+              "data_range": [-1.0, 1.0] if kind == "latent-consistency" else [0.0, 1.0],
               "torch": torch.__version__}
     (out / "training.json").write_text(json.dumps(record, indent=1))
     if not keep_checkpoint:

@@ -38,6 +38,7 @@ from uqcampaign.pipeline.address import parse_address
 from uqcampaign.pipeline.config import load_campaign
 from uqcampaign.pipeline.reduce import reduce_store
 from uqcampaign.pipeline.runner import run_campaign
+from uqcampaign.pipeline.store import json_attr
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,7 +92,7 @@ def _wait_for_title(node: Node, start: str, timeout: float = 120.0) -> list[psut
 
 
 def _last_run(location: str) -> dict[str, Any]:
-    return dict(zarr.open_group(location, mode="r").attrs)["ray"]["runs"][-1]
+    return json_attr(zarr.open_group(location, mode="r"), "ray")["runs"][-1]
 
 
 # -- auth and address frictions: one line within seconds, nothing joined ---------------------------------
@@ -161,12 +162,14 @@ def test_campaign_through_gcs_port_survives_a_killed_worker_node(cluster, refere
     paused: list[psutil.Process] = []
     try:
         # Deterministic under any load: once a unit is done, pause the head's actor, wait until the worker
-        # node's actor runs a unit (its process title), SIGKILL that node's raylet, resume the head's actor.
+        # node's actor runs a unit (its process title) and freeze it there (so its unit cannot finish before
+        # the node is gone), SIGKILL that node's raylet, resume the head's actor. The frozen actor is one of
+        # the node's processes, which the cluster's teardown kills by pid.
         store_checks.wait_for_progress(campaign, units_done=1)
         cluster.processes()  # remember the worker node's processes: its raylet's children outlive it
         paused = _wait_for_title(cluster.head, "ray::HostedWorker")  # idle or running, not starting
         paused[0].send_signal(signal.SIGSTOP)
-        _wait_for_title(cluster.workers[0], "ray::HostedWorker.run")
+        _wait_for_title(cluster.workers[0], "ray::HostedWorker.run")[0].send_signal(signal.SIGSTOP)
         before = store_checks.done_chunks(campaign)
         cluster.workers[0].raylet().send_signal(signal.SIGKILL)
     except BaseException:

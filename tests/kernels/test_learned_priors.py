@@ -64,7 +64,10 @@ def test_diffusion_reload_is_bit_identical_offline(diffusion_dir: Path, monkeypa
     assert prior.img_shape == (1, 8, 8) and prior.alphas_cumprod.dtype == torch.float64
     assert prior.alphas_cumprod.shape == (1000,)
     torch.manual_seed(0)
-    reference = DiffusionPrior(UNet2DModel.from_pretrained(diffusion_dir / "unet"), DDPMScheduler.from_pretrained(diffusion_dir / "scheduler"))
+    # a hub-layout folder without training.json: the network's range is [-1, 1] (hub pixel models)
+    assert prior.pixel_range.data_range == (-1.0, 1.0) and prior.describe()["data_range"] == [-1.0, 1.0]
+    reference = DiffusionPrior(UNet2DModel.from_pretrained(diffusion_dir / "unet"), DDPMScheduler.from_pretrained(diffusion_dir / "scheduler"),
+                               pixel_range=prior.pixel_range)
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 10, 200, 500, 999])
     with torch.no_grad():
@@ -148,17 +151,37 @@ def test_folder_of_another_kind_is_refused(diffusion_dir: Path, tmp_path: Path) 
     assert "model_index.json" in one_line_error({"kind": "diffusion", "path": str(tmp_path / "empty")})
 
 
-def test_pickle_weight_file_is_refused(diffusion_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "pickled"
+class _Tripwire:
+    """Unpickling this writes a marker file: proof that a pickle was (or was not) opened."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def test_pickle_weight_file_is_never_opened_and_refused_alone(diffusion_dir: Path, tmp_path: Path) -> None:
+    """A .bin beside a usable .safetensors is ignored (never unpickled); a loaded component with only a .bin is refused."""
+    import pickle
+
+    folder, marker = tmp_path / "pickled", tmp_path / "unpickled.txt"
     shutil.copytree(diffusion_dir, folder)
-    torch.save({"weight": torch.zeros(1)}, folder / "unet" / "diffusion_pytorch_model.bin")
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_Tripwire(marker)))
+    build_prior({"kind": "diffusion", "path": str(folder)})
+    assert not marker.exists()
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     message = one_line_error({"kind": "diffusion", "path": str(folder)})
-    assert ".bin" in message and "pickle" in message
+    assert "diffusion_pytorch_model.bin" in message and "pickle" in message and not marker.exists()
 
 
 def test_image_size_that_does_not_fit_is_refused(diffusion_dir: Path) -> None:
-    message = one_line_error({"kind": "diffusion", "path": str(diffusion_dir), "img_shape": [1, 16, 16]})
-    assert "(1, 16, 16)" in message and "(1, 8, 8)" in message
+    """Any size the UNet takes runs (multiples of its downsampling factor 2); others are refused up front, naming the allowed sizes."""
+    message = one_line_error({"kind": "diffusion", "path": str(diffusion_dir), "img_shape": [1, 15, 16]})
+    assert "H = 15" in message and "multiples of 2" in message and "(14 or 16 here)" in message
+    assert "3 channels" in one_line_error({"kind": "diffusion", "path": str(diffusion_dir), "img_shape": [3, 16, 16]})
+    wide = build_prior({"kind": "diffusion", "path": str(diffusion_dir), "image_size": [16, 24]})
+    assert wide.img_shape == (1, 16, 24) and wide.denoise(torch.zeros(2, 1, 16, 24), 10).shape == (2, 1, 16, 24)
     prior = build_prior({"kind": "diffusion", "path": str(diffusion_dir), "image_size": 8})
     with pytest.raises(UQError) as info:
         prior.denoise(torch.zeros(2, 1, 16, 16), 10)
@@ -226,7 +249,7 @@ def test_latent_consistency_reload_and_interface(lcm_dir: Path) -> None:
         assert torch.equal(z0, again.consistency(z, torch.tensor([10, 500, 999])))
     other = build_prior({**spec, "prompt": "a handwritten digit three"}, lcm_dir.parent)
     assert not torch.equal(other.condition, prior.condition)
-    assert one_line_error({**spec, "img_shape": [1, 8, 8]}, lcm_dir.parent)
+    assert "multiples of 2" in one_line_error({**spec, "img_shape": [1, 9, 9]}, lcm_dir.parent)
     assert "LatentConsistencyModelPipeline" in one_line_error({"kind": "diffusion", "path": str(lcm_dir)})
     with pytest.raises(UQError):
         prior.denoise(x, 10)
@@ -267,11 +290,12 @@ def test_consistency_prior_reload_and_boundary_condition(tmp_path: Path) -> None
     with torch.no_grad():
         out = prior.consistency(x, t)
         assert torch.equal(out, again.consistency(x, t)) and torch.equal(prior.denoise(x, t), out)
-        # t = 0: σ = sqrt((1-ᾱ_0)/ᾱ_0) = 0.01, c_skip ≈ 1 - 1.6e-4, c_out ≈ 0.016: f ≈ x / sqrt(ᾱ_0)
+        # t = 0: σ = sqrt((1-ᾱ_0)/ᾱ_0) = 0.01, c_skip ≈ 1 - 1.6e-4, c_out ≈ 0.016: f ≈ x / sqrt(ᾱ'_0) in campaign
+        # units ([0, 1] mapped to the hub range [-1, 1]), clamped to [0, 1] (clip_denoised: true, diffusers' default)
         ab0 = float(prior.alphas_cumprod[0])
-        torch.testing.assert_close(out[0], x[0] / ab0**0.5, rtol=0, atol=0.1)
+        torch.testing.assert_close(out[0], (x[0] / ab0**0.5).clamp(0, 1), rtol=0, atol=0.05)
     assert "ConsistencyModelPipeline" in one_line_error({"kind": "diffusion", "path": str(tmp_path / "cm")})
-    assert one_line_error({"kind": "consistency", "path": str(tmp_path / "cm"), "image_size": 16})
+    assert "multiples of 2" in one_line_error({"kind": "consistency", "path": str(tmp_path / "cm"), "image_size": 15})
 
 
 # ---------------------------------------------------------------------------- learned vs exact (issue 6, Done-when 1)

@@ -130,7 +130,7 @@ def test_write_guards(write_campaign) -> None:
     campaign = load_campaign(write_campaign())
     group, _, _ = prepare_store(campaign)
     block = np.zeros((4, 3, 1, 8, 8), np.float32)
-    with pytest.raises(UQError, match="not one chunk"):
+    with pytest.raises(UQError, match="not in one chunk"):
         write_draw_block(group, 0, slice(0, 4), slice(1, 4), block)
     write_draw_block(group, 0, slice(0, 4), slice(0, 3), block)
     mark_done(group, 0, slice(0, 4), 3)
