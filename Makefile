@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench calibrate venv clean
 
 venv: $(STAMP)
 
@@ -30,3 +30,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output
+
+# CALIBRATION.md: `uqc calibrate` of every sampler kind on two exact GMM problems (benchmarks/calibration.py)
+calibrate: $(STAMP)
+	$(BIN)/python benchmarks/calibration.py --out CALIBRATION.md --figures docs/calibration

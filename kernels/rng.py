@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["unit_seed", "unit_generator", "simulation_generator"]
+__all__ = ["unit_seed", "unit_generator", "simulation_generator", "replicate_generator", "reference_generator"]
 
 
 def unit_seed(campaign_seed: int, measurement: int, block: int) -> int:
@@ -33,6 +33,13 @@ def unit_generator(campaign_seed: int, measurement: int, block: int, device: str
     return generator
 
 
+def _stream_generator(campaign_seed: int, stream: int, index: int, device: str | torch.device) -> torch.Generator:
+    seq = np.random.SeedSequence(np.random.SeedSequence(campaign_seed).entropy, spawn_key=(stream, index))
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    return generator
+
+
 def simulation_generator(campaign_seed: int, measurement: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The generator that simulates the truth and the measurement of measurement ``measurement``.
 
@@ -40,7 +47,19 @@ def simulation_generator(campaign_seed: int, measurement: int, device: str | tor
     ``(0, …)``: each simulated measurement has its own stream, so the first M truths and
     measurements are the same whatever the number simulated (a campaign can grow).
     """
-    seq = np.random.SeedSequence(np.random.SeedSequence(campaign_seed).entropy, spawn_key=(1, measurement))
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-    return generator
+    return _stream_generator(campaign_seed, 1, measurement, device)
+
+
+def replicate_generator(campaign_seed: int, measurement: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The noise of a replicated measurement (``data.simulate.replicates`` > 1) that is not the first of its truth.
+
+    Stream ``(2, measurement)``: the truth of measurement ``m`` comes from ``simulation_generator(seed, m // R)``;
+    the first replicate ``m = g·R`` takes its noise from that same generator (as with ``R = 1``), the others
+    from this one.
+    """
+    return _stream_generator(campaign_seed, 2, measurement, device)
+
+
+def reference_generator(campaign_seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of ``reduce``'s reference prior draws and plausibility noise: stream ``(3, 0)``."""
+    return _stream_generator(campaign_seed, 3, 0, device)

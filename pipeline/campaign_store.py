@@ -68,6 +68,10 @@ def draw_key_differences(stored: dict[str, Any], new: Campaign) -> list[str]:
     was = "simulate" if (stored.get("data") or {}).get("simulate") else "files"
     if was != new.data_source:
         differences.append(f"data {'simulate' if was == 'simulate' else 'y'} -> {'simulate' if new.data_source == 'simulate' else 'y'}")
+    elif was == "simulate":
+        before = int(((stored.get("data") or {}).get("simulate") or {}).get("replicates", 1))
+        if before != new.replicates:
+            differences.append(f"data.simulate.replicates {before!r} -> {new.replicates!r}")
     return differences
 
 

@@ -1,4 +1,4 @@
-"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, export, inspect, demo, train-prior.
+"""The ``uqc`` command line (DESIGN §7): run, validate, kinds, reduce, maps, report, calibrate, export, inspect, demo, train-prior.
 
 Every command imports its heavy modules inside its body, so ``uqc --help`` stays fast.
 User errors (:class:`UQError`, pydantic validation, YAML) print one line ``error: …`` on
@@ -302,7 +302,7 @@ def maps(
     out: Path = typer.Option(..., "--out", help="Folder for the PNG files."),
     reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
 ) -> None:
-    """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, CI width, |error|, R-hat."""
+    """Write uncertainty maps (PNG) per measurement: truth, y, mean, std, z-score, coverage, data support, R-hat."""
     from uqcampaign.pipeline.maps import write_maps
 
     paths = write_maps(store, out, reduce=reduce, say=lambda text: err_console.print(text, markup=False))
@@ -313,12 +313,18 @@ def maps(
 @handled
 def report(
     store: str = typer.Argument(..., help="Store path or URL."),
-    format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs)."),
+    format: str = typer.Option("table", "--format", help="table (for reading), json or csv (for programs; the last row is the campaign's)."),
     reduce: bool = typer.Option(False, "--reduce", help=_REDUCE_HELP),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="A `uqc calibrate` store of this configuration (default: NAME.calibration.zarr beside the store, when there)."
+    ),
+    baseline: list[str] = typer.Option(
+        [], "--baseline", help="A store of a MAP sampler (map-hqs, map-admm, map-latent) on the same measurements: PSNR, SSIM, chi2 against it (repeatable)."
+    ),
     condition: bool = typer.Option(False, "--condition", help="latino-pro: list the marginal-likelihood proxy and the condition's distance from its start per SAPG iteration."),
 ) -> None:
-    """Print the per-measurement table: coverage, max R-hat, min ESS, chi2 (and the sampler's facts: SMC log-evidence, box, condition)."""
-    from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_rows
+    """Print the per-measurement table with a verdict (ok, not converged, too few draws, data misfit, miscalibrated) and the sampler's facts (SMC log-evidence, box, condition)."""
+    from uqcampaign.pipeline.report import REPORT_FORMATS, format_rows, print_report, report_table
 
     if format not in REPORT_FORMATS:
         raise UQError(f"--format {format!r} is not one of {', '.join(REPORT_FORMATS)}; use e.g. --format json")
@@ -326,10 +332,62 @@ def report(
         _print_condition(store, format)
         return
     say = lambda text: err_console.print(text, markup=False)  # noqa: E731
+    if baseline:
+        from uqcampaign.pipeline.baseline import baseline_rows, print_baseline
+
+        compared = baseline_rows(store, baseline)
+        if format == "table":
+            print_baseline(compared, console)
+        else:
+            print(format_rows(compared, format), end="")
+        return
     if format == "table":
-        print_report(store, console, reduce=reduce, say=say)
+        print_report(store, console, reduce=reduce, say=say, calibration=calibration)
     else:
-        print(format_rows(report_rows(store, reduce=reduce, say=say), format), end="")
+        print(format_rows(report_table(store, reduce=reduce, say=say, calibration=calibration), format), end="")
+
+
+@app.command()
+@handled
+def calibrate(
+    campaign: Path = typer.Argument(..., help="Campaign YAML file: its operator, noise, prior, sampler, chains and draws are calibrated."),
+    trials: int = typer.Option(..., "--trials", help="Truths drawn from the prior: the SBC and TARP trials (at least 50; 100 for a verdict 'calibrated')."),
+    replicates: int = typer.Option(2, "--replicates", min=1, help="Noisy measurements per truth for the replicated coverage."),
+    rank_draws: int = typer.Option(99, "--rank-draws", min=19, help="Most draws ranked per trial (a number 20k - 1; Markov chains are thinned by their bulk ESS)."),
+    format: str = typer.Option("table", "--format", help="table (for reading) or json (the result on stdout)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Calibration store (default: beside the campaign's store, NAME.calibration.zarr)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sbc.png, tarp.png, coverage.png (default: beside the calibration store)."),
+    chains: Optional[int] = typer.Option(None, "--chains", min=1, help="Chains per trial (default: the campaign's)."),
+    draws: Optional[int] = typer.Option(None, "--draws", min=1, help="Draws per chain (default: the campaign's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the truths, noise and chains (default: the campaign's)."),
+    address: Optional[str] = typer.Option(None, help="Ray address: local, auto, ray://host:10001 or in-process (default: the file's cluster.address)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run in this process, without Ray."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Number of Ray workers (default: the file's cluster.workers)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, min=0, help="GPUs per Ray worker (default: the file's cluster.gpus_per_worker)."),
+    force: bool = typer.Option(False, "--force", help="Replace a calibration store of another configuration (with --delete-draws when it holds draws)."),
+    delete_draws: bool = typer.Option(False, "--delete-draws", help="With --force: confirm that the replaced store's draws are deleted."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bars."),
+) -> None:
+    """Calibrate the campaign's sampler on its own problem: SBC, TARP and replicated coverage over truths drawn from the prior."""
+    from uqcampaign.pipeline.calibrate import CalibrationDesign, run_calibration
+    from uqcampaign.pipeline.config import load_campaign
+
+    if format not in ("table", "json"):
+        raise UQError(f"--format {format!r} is not one of table, json; use e.g. --format json")
+    design = CalibrationDesign(trials=trials, replicates=replicates, rank_draws=rank_draws)
+    spec = load_campaign(campaign)
+    result = run_calibration(
+        spec, design, store=store, figures=out, chains=chains, draws=draws, seed=seed,
+        address="in-process" if in_process else address, workers=workers, gpus_per_worker=gpus_per_worker,
+        force=force, delete_draws=delete_draws, progress=progress, console=err_console,
+    )
+    if format == "json":
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from uqcampaign.pipeline.calibrate import result_lines
+
+    for line in result_lines(result):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 def _print_condition(store: str, fmt: str) -> None:

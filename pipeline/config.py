@@ -90,9 +90,16 @@ class _Model(BaseModel):
 
 
 class SimulateSpec(_Model):
-    """``data.simulate``: draw ``count`` truths from the prior and simulate ``y = A x + σ ε``."""
+    """``data.simulate``: ``count`` measurements ``y = A x + σ ε`` simulated from truths drawn from the prior.
+
+    ``replicates`` (default 1): consecutive groups of ``R`` measurements share one truth — measurement
+    ``m`` measures truth ``m // R`` with its own noise (Thong et al. 2024's replicated experiments: fixed
+    truths, many noisy ``y``; ``uqc calibrate`` uses it). Measurement ``g·R`` is measurement ``g`` of the
+    same campaign with ``replicates: 1``.
+    """
 
     count: int = Field(ge=1)
+    replicates: int = Field(default=1, ge=1)
 
 
 class DataSpec(_Model):
@@ -317,9 +324,18 @@ class Campaign(_Model):
         """``data.simulate.count``; None for measurement files (their length is read from the file)."""
         return None if self.data.simulate is None else self.data.simulate.count
 
+    @property
+    def replicates(self) -> int:
+        """``data.simulate.replicates``: measurements per simulated truth (1 for measurement files)."""
+        return 1 if self.data.simulate is None else self.data.simulate.replicates
+
     def hashed_config(self) -> dict[str, Any]:
-        """What determines the draws: :data:`DRAW_KEYS` and the data source (not the sizes)."""
-        return {**self.model_dump(mode="json", include=set(DRAW_KEYS)), "data_source": self.data_source}
+        """What determines the draws: :data:`DRAW_KEYS` and the data source (not the sizes); ``replicates``
+        when it is not 1 (so the hashes of campaigns without it are unchanged)."""
+        hashed = {**self.model_dump(mode="json", include=set(DRAW_KEYS)), "data_source": self.data_source}
+        if self.replicates != 1:
+            hashed["replicates"] = self.replicates
+        return hashed
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of :meth:`hashed_config`: equal for every size of one campaign."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from uqcampaign.kernels.errors import UQError
-from uqcampaign.kernels.rng import simulation_generator
+from uqcampaign.kernels.rng import replicate_generator, simulation_generator
 from uqcampaign.pipeline.config import Campaign
 
 __all__ = ["load_or_simulate", "simulate", "read_measurement_files", "read_array", "read_shape"]
@@ -54,12 +54,21 @@ def simulate(campaign: Campaign, prior: Any, operator: Any, first: int, stop: in
 
     Measurement ``m`` draws its truth from the prior and its noise from its own stream
     ``simulation_generator(seed, m)``: a measurement never depends on how many are simulated.
+    With ``replicates: R`` measurement ``m`` measures truth ``g = m // R``, drawn with
+    ``simulation_generator(seed, g)``; its noise follows from that generator when ``m = g·R`` and
+    comes from ``replicate_generator(seed, m)`` otherwise (each truth is drawn once per call).
     """
     ys, xs = [], []
+    replicates = campaign.replicates
+    truth: tuple[int, torch.Tensor, torch.Generator] | None = None  # (g, x, its generator after the draw)
     with torch.no_grad():
         for m in range(first, stop):
-            generator = simulation_generator(campaign.seed, m)
-            x = prior.sample(1, generator).to(torch.float64)  # (1, C, H, W)
+            g = m // replicates
+            if truth is None or truth[0] != g:
+                generator = simulation_generator(campaign.seed, g)
+                truth = (g, prior.sample(1, generator).to(torch.float64), generator)  # x: (1, C, H, W)
+            x = truth[1]
+            generator = truth[2] if m == g * replicates else replicate_generator(campaign.seed, m)
             noise = torch.randn(1, *operator.obs_shape, generator=generator, dtype=torch.float64)
             ys.append((operator.A(x) + campaign.noise.sigma * noise).float().numpy())
             xs.append(x.float().numpy())

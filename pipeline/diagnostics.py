@@ -5,6 +5,16 @@ in float64) and returns one value per pixel ``(pixels,)``. The definitions are e
 of ArviZ 0.23 (Vehtari et al. 2021, "Rank-normalization, folding, and localization"):
 
 * ``rhat``: rank-normalised split R̂, ``max(R̂_bulk, R̂_tail)`` (``az.rhat(method="rank")``);
+* ``rhat_group``: the same R̂ over **chain groups** (:func:`group_chains`): the chains are split into
+  ``G = min(4, chains)`` groups of ``k = chains // G`` consecutive chains (Vehtari et al.'s four
+  chains; a remainder of chains is left out of this statistic only), and each group is one
+  "superchain" made of the first halves of its chains followed by their second halves, so that
+  ArviZ's split compares early with late draws of the whole group. ``= az.rhat`` of
+  :func:`group_chains` of the draws. With many short chains that start from dispersed points
+  (Margossian et al. 2024, "Nested R̂", many short chains) the per-chain R̂ stays above 1.01
+  until every chain is long (R̂² − 1 ≈ chains/ESS for stationary chains) while the group R̂
+  tends to 1 as the total ESS grows (R̂_group − 1 ≈ G/ESS); a trend common to the chains
+  (unfinished burn-in) still separates early from late draws. With ``chains ≤ 4`` it equals ``rhat``;
 * ``ess_bulk``: ESS of the rank-normalised split chains (``az.ess(method="bulk")``);
 * ``ess_tail``: ``min`` of the ESS of ``I(x ≤ q05)`` and ``I(x ≤ q95)`` (``az.ess(method="tail")``);
 * ``mcse_mean``: ``sd / sqrt(ess_mean)`` (``az.mcse(method="mean")``);
@@ -43,8 +53,11 @@ from uqcampaign.kernels.errors import UQError
 
 __all__ = [
     "BlockSummary",
+    "CHAIN_GROUPS",
+    "group_chains",
     "summarize",
     "rhat",
+    "rhat_group",
     "ess_bulk",
     "ess_tail",
     "mcse_mean",
@@ -55,6 +68,8 @@ __all__ = [
 
 MIN_DRAWS = 4
 """Fewest draws per chain a summary is computed from (split R̂ halves each chain); fewer: NaN."""
+CHAIN_GROUPS = 4
+"""Chain groups of ``rhat_group``: ``min(CHAIN_GROUPS, chains)`` (Vehtari et al. 2021 run four chains)."""
 
 # ArviZ: `_ess` treats a series whose range is below this as constant.
 _CONSTANT_RANGE = np.finfo(float).resolution
@@ -76,6 +91,7 @@ class BlockSummary(NamedTuple):
     ess_bulk: np.ndarray
     ess_tail: np.ndarray
     mcse_mean: np.ndarray
+    rhat_group: np.ndarray
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -94,6 +110,33 @@ def _as_block(draws: np.ndarray) -> np.ndarray:
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
     return np.ascontiguousarray(arr)
+
+
+def group_chains(draws: np.ndarray, groups: int = CHAIN_GROUPS) -> np.ndarray:
+    """``(P, chain, n)`` → ``(P, G, k·2h)``: the superchains of ``rhat_group`` (module docstring).
+
+    ``G = min(groups, chain)``, ``k = chain // G``, ``h = n // 2``; superchain ``g`` is the first ``h``
+    draws of chains ``g k … g k + k − 1`` (in chain order), then their last ``h`` draws.
+    """
+    x = np.asarray(draws)
+    p, n_chain, n = x.shape
+    g = max(1, min(groups, n_chain))
+    k, h = n_chain // g, n // 2
+    kept = x[:, : g * k]
+    early = kept[:, :, :h].reshape(p, g, k * h)
+    late = kept[:, :, n - h :].reshape(p, g, k * h)
+    return np.concatenate([early, late], axis=2)
+
+
+def _group_rows(z: np.ndarray, n_chain: int) -> np.ndarray:
+    """Split-layout values ``z: (P, 2C, h)`` (first halves, then second halves) → ``(P, 2G, k·h)``:
+    early and late halves of each chain group, the layout ArviZ's split gives :func:`group_chains`."""
+    p, _, h = z.shape
+    g = max(1, min(CHAIN_GROUPS, n_chain))
+    k = n_chain // g
+    early = z[:, : g * k].reshape(p, g, k * h)
+    late = z[:, n_chain : n_chain + g * k].reshape(p, g, k * h)
+    return np.concatenate([early, late], axis=1)
 
 
 def _split(x: np.ndarray) -> np.ndarray:
@@ -275,29 +318,13 @@ def _summarize_batch(x: np.ndarray, level: float) -> BlockSummary:
     """
     p, n_chain, n_draw = x.shape
     h = n_draw // 2
-    m = 2 * n_chain * h
-    row0 = (np.arange(p, dtype=np.int64) * m)[:, None]
     # series of the four ESS: 0 bulk z, 1 I(x <= q05), 2 I(x <= q95), 3 raw split draws
     buf = np.empty((4, p, 2 * n_chain, h), dtype=np.float64)
     split = _split(x)  # (P, 2C, h), input dtype
     buf[3] = split
-
-    # 1. one argsort of the split draws: bulk ranks, median, (even count) quantiles.
-    order = np.argsort(split.reshape(p, m), axis=1)
-    order += row0  # flat positions into (P, M)
-    order = order.ravel()
-    xs = np.take(split.ravel(), order).reshape(p, m)
-    _scatter_z(buf[0].reshape(-1), order, xs)
-    xs = xs.astype(np.float64, copy=False)
-
-    # 2. folded draws |x − median| (np.median's (a + b)/2 of the middle pair, m is even), in
-    #    the sorted order of x they are V-shaped: a stable sort merges the two runs.
-    folded = np.abs(xs - ((xs[:, m // 2 - 1] + xs[:, m // 2]) / 2)[:, None])
-    order_f = np.argsort(folded, axis=1, kind="stable")
-    order_f += row0
-    z_fold = np.empty((p, 2 * n_chain, h), dtype=np.float64)
-    _scatter_z(z_fold.reshape(-1), np.take(order, order_f.ravel()), np.take(folded, order_f))
-    del folded, order_f, order
+    # 1.-2. ranks of the split draws and of the folded draws
+    xs, z_fold = _rank_normalise(split, buf[0])
+    m = xs.shape[1]
 
     # 3. quantiles of all draws (the middle draw included when the count is odd).
     full = x.reshape(p, -1)
@@ -320,9 +347,46 @@ def _summarize_batch(x: np.ndarray, level: float) -> BlockSummary:
     with np.errstate(divide="ignore", invalid="ignore"):
         mcse = std / np.sqrt(ess[3])
     rhat = np.maximum(_rhat_of(buf[0]), _rhat_of(z_fold))
+    g = max(1, min(CHAIN_GROUPS, n_chain))
+    if n_chain % g == 0:  # the same draws are ranked: the group R̂ reuses the z-values
+        rhat_group = np.maximum(_rhat_of(_group_rows(buf[0], n_chain)), _rhat_of(_group_rows(z_fold, n_chain)))
+    else:  # a remainder of chains is left out: rank the kept draws again (as ArviZ on group_chains does)
+        rhat_group = _rhat_only(group_chains(x))
     if n_chain < 2:
         rhat[:] = np.nan
-    return BlockSummary(mean, std, ci_lower, ci_upper, rhat, ess[0], np.minimum(ess[1], ess[2]), mcse)
+        rhat_group[:] = np.nan
+    return BlockSummary(mean, std, ci_lower, ci_upper, rhat, ess[0], np.minimum(ess[1], ess[2]), mcse, rhat_group)
+
+
+def _rank_normalise(split: np.ndarray, z_bulk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1–2 of :func:`_summarize_batch` on ``split: (P, 2C, h)``: fills ``z_bulk`` (same shape,
+    float64) with the rank-normalised draws and returns ``(sorted draws (P, M) float64, folded z (P, 2C, h))``."""
+    p, rows, h = split.shape
+    m = rows * h
+    row0 = (np.arange(p, dtype=np.int64) * m)[:, None]
+    # 1. one argsort of the split draws: bulk ranks, median, (even count) quantiles.
+    order = np.argsort(split.reshape(p, m), axis=1)
+    order += row0  # flat positions into (P, M)
+    order = order.ravel()
+    xs = np.take(split.ravel(), order).reshape(p, m)
+    _scatter_z(z_bulk.reshape(-1), order, xs)
+    xs = xs.astype(np.float64, copy=False)
+    # 2. folded draws |x − median| (np.median's (a + b)/2 of the middle pair, m is even), in
+    #    the sorted order of x they are V-shaped: a stable sort merges the two runs.
+    folded = np.abs(xs - ((xs[:, m // 2 - 1] + xs[:, m // 2]) / 2)[:, None])
+    order_f = np.argsort(folded, axis=1, kind="stable")
+    order_f += row0
+    z_fold = np.empty((p, rows, h), dtype=np.float64)
+    _scatter_z(z_fold.reshape(-1), np.take(order, order_f.ravel()), np.take(folded, order_f))
+    return xs, z_fold
+
+
+def _rhat_only(x: np.ndarray) -> np.ndarray:
+    """Rank-normalised split R̂ ``(P,)`` of ``x: (P, C, n)`` without the ESS (``az.rhat``)."""
+    split = _split(x)
+    z = np.empty(split.shape, dtype=np.float64)
+    _, z_fold = _rank_normalise(split, z)
+    return np.maximum(_rhat_of(z), _rhat_of(z_fold))
 
 
 def summarize(draws: np.ndarray, level: float = 0.9, batch_draws: int | None = None) -> BlockSummary:
@@ -361,6 +425,11 @@ def summarize(draws: np.ndarray, level: float = 0.9, batch_draws: int | None = N
 def rhat(draws: np.ndarray) -> np.ndarray:
     """Rank-normalised split R̂ ``(pixels,)`` of ``draws: (pixels, chain, draw)`` (= ``az.rhat``)."""
     return summarize(draws).rhat
+
+
+def rhat_group(draws: np.ndarray) -> np.ndarray:
+    """R̂ over chain groups ``(pixels,)`` of ``draws: (pixels, chain, draw)`` (= ``az.rhat`` of :func:`group_chains`)."""
+    return summarize(draws).rhat_group
 
 
 def ess_bulk(draws: np.ndarray) -> np.ndarray:

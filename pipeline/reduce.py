@@ -58,7 +58,7 @@ from uqcampaign.pipeline.summary import SUMMARY_NEW, discard_new_summary, open_s
 
 __all__ = ["reduce_store", "choose_tile", "PIXEL_STATS", "DEFAULT_MEMORY_BUDGET"]
 
-PIXEL_STATS = BlockSummary._fields  # mean, std, ci_lower, ci_upper, rhat, ess_bulk, ess_tail, mcse_mean
+PIXEL_STATS = BlockSummary._fields  # mean, std, ci_lower, ci_upper, rhat, ess_bulk, ess_tail, mcse_mean, rhat_group
 TRUTH_STATS = ("error", "covered")
 IMAGE_DIMS = ["measurement", "channel", "y", "x"]
 # Peak memory the tile pass may use, all workers together (bytes).
@@ -302,11 +302,12 @@ def reduce_store(
     tile: tuple[int, int] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     storage_options: Mapping[str, Any] | None = None,
+    plausibility: bool = True,
 ) -> zarr.Group:
     """Reduce the draws of ``store`` into its ``summary/`` group and return that group.
 
     ``level``: credible level of the equal-tailed intervals (default: the campaign's
-    ``reduce.level``). ``address``: None (threads here), ``ray://…``/``auto`` or ``tcp://…``.
+    ``reduce.level``). ``rhat_group``: R̂ over chain groups (:mod:`~uqcampaign.pipeline.diagnostics`). ``address``: None (threads here), ``ray://…``/``auto`` or ``tcp://…``.
     ``tile``: spatial tile ``(ty, tx)``; by default the largest whose draws fit
     ``memory_budget`` bytes across the local workers (see :func:`choose_tile`).
     ``storage_options``: fsspec options of a URL store (default: the AWS environment).
@@ -315,7 +316,9 @@ def reduce_store(
     ``error``, ``covered`` (bool) and ``coverage`` `(measurement)`; ``chi2_draws``
     `(measurement, chain, draw)` (NaN past the draws used), ``chi2`` `(measurement)` (its
     mean), ``draws_used`` `(measurement)` and ``draws_done`` `(measurement, chain)` (the record
-    of what it summarises); then consolidates the metadata.
+    of what it summarises); with ``plausibility`` the prior-plausibility scores of a thinned subset
+    of the draws, their reference and the prior's per-pixel moments and value range
+    (:mod:`~uqcampaign.pipeline.plausibility_pass`, computed in this process); then consolidates the metadata.
 
     Nothing is lost: the new summary is written into ``summary.new/`` under the store's lease
     and swapped in only once complete (:mod:`~uqcampaign.pipeline.summary`); a failure (an
@@ -327,14 +330,16 @@ def reduce_store(
     root = open_store(store, mode="r+", storage_options=storage_options)
     with hold_lease(Location.of(root), "reduce"):
         recover_summary(root)
-        _reduce(root, level, address, progress, tile, memory_budget)
+        _reduce(root, level, address, progress, tile, memory_budget, plausibility)
         publish_summary(root)
         consolidate(root)
     summary, _ = open_summary_group(root)
     return summary
 
 
-def _reduce(root: zarr.Group, level: float | None, address: str | None, progress: bool, tile: tuple[int, int] | None, memory_budget: int) -> None:
+def _reduce(
+    root: zarr.Group, level: float | None, address: str | None, progress: bool, tile: tuple[int, int] | None, memory_budget: int, plausibility: bool = True
+) -> None:
     """Write the complete summary into ``summary.new/`` (see :func:`reduce_store`)."""
     location = store_location(root)
     level = _level_of(root, level)
@@ -383,6 +388,12 @@ def _reduce(root: zarr.Group, level: float | None, address: str | None, progress
             ):
                 warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
                 da.store(sources, targets, lock=False, compute=True, **kwargs)
+            if plausibility:
+                from uqcampaign.pipeline.plausibility_pass import write_plausibility
+
+                with io_errors(root, "write the prior-plausibility scores"):
+                    write_plausibility(root, summary, used)
+                    sync_coordinates(summary)
             with io_errors(root, "finish the new summary"):
                 summary.attrs["complete"] = 1
         except BaseException:
@@ -448,6 +459,7 @@ SUMMARY_ATTRS = {
     "ess_bulk": "bulk effective sample size",
     "ess_tail": "tail effective sample size",
     "mcse_mean": "Monte Carlo standard error of the mean",
+    "rhat_group": "rank-normalized split R-hat over chain groups (early vs late halves of min(4, chains) groups)",
     "error": "posterior mean minus the true image",
     "covered": "true pixel inside the credible interval",
     "coverage": "fraction of pixels whose truth is inside the credible interval",
@@ -461,7 +473,7 @@ SUMMARY_ATTRS = {
 def _new_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dims: list[str], dtype: str) -> zarr.Array:
     fill = False if dtype == "bool" else 0 if dtype.startswith("int") else np.nan
     attrs = {"long_name": SUMMARY_ATTRS[name]}
-    if name in ("chi2_draws", "chi2", "rhat", "ess_bulk", "ess_tail", "coverage", "draws_used", "draws_done"):
+    if name in ("chi2_draws", "chi2", "rhat", "rhat_group", "ess_bulk", "ess_tail", "coverage", "draws_used", "draws_done"):
         attrs["units"] = "1"
     return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims, attributes=attrs)
 

@@ -1,9 +1,19 @@
-"""Per-measurement summary table of a reduced store (`uqc report STORE`).
+"""Per-measurement summary table of a reduced store (`uqc report STORE`), with a verdict.
 
 Reads the ``summary/`` group that :func:`uqcampaign.pipeline.reduce.reduce_store`
 writes (DESIGN §4) and condenses each measurement into one row: draws done out of
 planned, coverage of the credible interval (when the truth is known), the worst
-R̂ and the smallest bulk/tail ESS over pixels, and the mean data-fidelity χ².
+R̂ (per chain and over chain groups) and the smallest bulk/tail ESS over pixels, the mean
+data-fidelity χ², the hallucination flags of single draws (χ² outside its reference law,
+prior-plausibility score above its reference's 99% quantile, when ``reduce`` scored them), and
+the **verdict** of :mod:`~uqcampaign.pipeline.verdict` (``ok``, ``not converged``, ``too few
+draws``, ``data misfit``, ``miscalibrated``) with its reasons. :func:`campaign_row` gives the
+campaign's verdict.
+
+The calibration on record (``miscalibrated`` and the measured coverage) is found by
+:func:`find_calibration`: the store given with ``--calibration``, else the calibration store
+beside the campaign's (``x.zarr`` → ``x.calibration.zarr``, what ``uqc calibrate`` writes by
+default); it counts only when it calibrated the same operator, noise, prior and sampler.
 
 :func:`open_summary` is also the entry point of :mod:`uqcampaign.pipeline.maps`:
 it checks that the store holds draws and an up-to-date summary (a missing or stale one is a
@@ -25,7 +35,7 @@ import zarr
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.diagnostics import MIN_DRAWS
 from uqcampaign.pipeline.location import Location
-from uqcampaign.pipeline.store import json_attr, open_store, store_location
+from uqcampaign.pipeline.store import json_attr, obs_array, open_store, store_location
 from uqcampaign.pipeline.summary import SummaryStatus, open_summary_group, summary_status
 from uqcampaign.pipeline.until import until_report_fields
 
@@ -35,22 +45,26 @@ if TYPE_CHECKING:
 __all__ = [
     "RHAT_WARN",
     "RHAT_BAD",
-    "CHI2_BAND",
+    "DRAW_PVALUE",
     "SummaryView",
     "open_summary",
+    "find_calibration",
     "report_rows",
+    "campaign_row",
+    "report_table",
     "print_report",
     "REPORT_FORMATS",
     "format_rows",
 ]
 
 RHAT_WARN = 1.01
-"""R̂ above this flags a measurement (Vehtari et al. 2021 recommend R̂ < 1.01)."""
+"""R̂ above this fails a pixel (Vehtari et al. 2021 recommend R̂ < 1.01); see :mod:`~uqcampaign.pipeline.verdict`."""
 RHAT_BAD = 1.1
 """R̂ above this means the chains clearly disagree (drawn in dark red on the maps)."""
-CHI2_BAND = (0.5, 2.0)
-"""Mean χ² = ||y − A x||²/(σ² · dim y) outside this band flags a measurement: a well-fitted
-posterior sample has χ² ≈ 1; far below means over-fitting the noise, far above a hallucination."""
+DRAW_PVALUE = 0.01
+"""A single draw is listed as a hallucination when its χ² (two-sided, under χ²_k/m) or its
+prior-plausibility score (upper tail among the reference prior draws) has a p-value below this:
+about 1% of a calibrated sampler's draws are listed by chance."""
 
 
 @dataclass(frozen=True)
@@ -154,17 +168,6 @@ def _nan_reduce(func: Any, values: np.ndarray) -> float:
     return float(func(finite)) if finite.size else math.nan
 
 
-def _flag(rhat_max: float, chi2: float, used: int | None = None) -> str:
-    if used is not None and used < MIN_DRAWS:
-        return f"not reduced: {used} draws complete in every chain (< {MIN_DRAWS})"
-    reasons = []
-    if not math.isfinite(rhat_max) or rhat_max > RHAT_WARN:
-        reasons.append(f"R̂>{RHAT_WARN}" if math.isfinite(rhat_max) else "R̂ NaN")
-    if not math.isfinite(chi2) or not CHI2_BAND[0] <= chi2 <= CHI2_BAND[1]:
-        reasons.append("χ² far from 1" if math.isfinite(chi2) else "χ² NaN")
-    return ", ".join(reasons)
-
-
 def _planned(view: SummaryView) -> int | None:
     """Draws planned per measurement: ``chains × draws`` of the campaign, else of the ``samples`` array."""
     chains, draws = view.campaign.get("chains"), view.campaign.get("draws")
@@ -173,29 +176,168 @@ def _planned(view: SummaryView) -> int | None:
     return None if chains is None or draws is None else int(chains) * int(draws)
 
 
-def _rows(view: SummaryView) -> list[dict[str, Any]]:
+# ----------------------------------------------------------------------------- calibration on record
+
+
+def find_calibration(view: SummaryView, explicit: str | None = None, say: Any = None) -> dict[str, Any] | None:
+    """The ``uqc calibrate`` result that stands for this campaign, or None.
+
+    ``explicit`` (``--calibration STORE``): that store must hold a complete, current calibration of
+    the same operator, noise, prior and sampler (else a one-line UQError naming what differs).
+    Without it the calibration store beside the campaign's is used when it exists and matches
+    (a mismatch is told to ``say`` and ignored).
+    """
+    from uqcampaign.pipeline.calibrate import calibration_differences, calibration_location, read_calibration
+
+    where = explicit if explicit is not None else calibration_location(view.name)
+    if explicit is None and not Location.of(where).exists():
+        return None
+    result = read_calibration(where)
+    if result is None:
+        if explicit is not None:
+            raise UQError(f"{where} holds no finished, current calibration; run `uqc calibrate CAMPAIGN.yaml --trials N --store {where}`")
+        if say is not None:
+            say(f"{where}: no finished, current calibration there (rerun `uqc calibrate`); the verdict has no calibration")
+        return None
+    differences = calibration_differences(result, view.campaign)
+    if differences:
+        message = f"{where} calibrated another configuration: {'; '.join(differences)}"
+        if explicit is not None:
+            raise UQError(f"{message}; calibrate this campaign's configuration or give its calibration store")
+        if say is not None:
+            say(f"{message}: not used")
+        return None
+    return result
+
+
+# ----------------------------------------------------------------------------- verdict facts
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every row of a store shares: the sampler's nature, chains, the measurement space."""
+
+    markov: bool
+    chains: int
+    dim_y: int
+    silent_rows: np.ndarray  # (*obs_shape) bool: entries no pixel reaches (a y of exact 0 there carries no noise)
+    calibration: dict[str, Any] | None
+
+
+def _context(view: SummaryView, calibration: dict[str, Any] | None) -> _Context:
+    import torch
+
+    from uqcampaign.kernels.operators import build_operator
+    from uqcampaign.kernels.samplers.registry import MARKOV_CHAIN_KINDS
+
+    img_shape = tuple(int(n) for n in view.summary["mean"].shape[1:])
+    chains = int(view.root["samples"].shape[1]) if "samples" in view.root else int(view.root["draws_done"].shape[1])
+    obs = obs_array(view.root)
+    obs_shape = tuple(int(n) for n in obs.shape[1:])
+    silent = np.zeros(obs_shape, dtype=bool)
+    spec = view.describe("operator")
+    if spec:
+        root = view.root.attrs.get("campaign_root")
+        operator = build_operator(spec, img_shape, None if root is None else Path(root)).to(dtype=torch.float64)
+        probe = torch.randn((1, *obs_shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        with torch.no_grad():
+            reach = operator.A(operator.A_T(probe))[0].abs().numpy()  # row i of A is zero iff (A Aᵀ r)_i = 0 for a random r
+        silent = reach <= 1e-12 * max(float(reach.max()), 1e-300)
+    kind = view.describe("sampler").get("kind")
+    return _Context(kind in MARKOV_CHAIN_KINDS, chains, int(np.prod(obs_shape)), silent, calibration)
+
+
+def _dof(context: _Context, y: np.ndarray) -> int:
+    """Entries of ``y`` that carry noise: all but those no pixel reaches and that hold an exact 0."""
+    return max(1, context.dim_y - int((context.silent_rows & (y == 0)).sum()))
+
+
+def _image(view: SummaryView, key: str, m: int) -> np.ndarray:
+    return np.asarray(view.summary[key][m], dtype=np.float64).ravel()
+
+
+def measurement_facts(view: SummaryView, m: int, context: _Context, chi2: float, used: int, extra: tuple[tuple[str, str], ...] = ()) -> Any:
+    """The :class:`~uqcampaign.pipeline.verdict.MeasurementFacts` of measurement ``m``."""
+    from uqcampaign.pipeline.verdict import MeasurementFacts
+
+    group = "rhat_group" in view.summary
+    y = np.asarray(obs_array(view.root)[m])
+    return MeasurementFacts(
+        rhat=_image(view, "rhat_group" if group else "rhat", m),
+        ess_bulk=_image(view, "ess_bulk", m),
+        ess_tail=_image(view, "ess_tail", m),
+        mcse_mean=_image(view, "mcse_mean", m),
+        std=_image(view, "std", m),
+        chains=context.chains,
+        markov=context.markov,
+        used=used,
+        chi2_mean=chi2,
+        dim_y=context.dim_y,
+        dof=_dof(context, y),
+        calibration=context.calibration,
+        rhat_kind="group" if group else "chain",
+        extra=extra,
+    )
+
+
+def _draw_flags(view: SummaryView, m: int, dim_y: int, dof: int) -> dict[str, Any]:
+    """Hallucination flags of the draws of measurement ``m``: counts and the worst draw on each axis."""
+    from uqcampaign.kernels.plausibility import fidelity_pvalue, plausibility_pvalue
+
+    out: dict[str, Any] = {"chi2_outliers": None, "chi2_worst": None, "implausible": None, "plausibility_worst": None}
+    if "chi2_draws" in view.summary:
+        chi2 = np.asarray(view.summary["chi2_draws"][m], dtype=np.float64)  # (chain, draw), NaN past the draws used
+        seen = np.isfinite(chi2)
+        if seen.any():
+            p = np.where(seen, fidelity_pvalue(np.where(seen, chi2, 1.0), dim_y, dof), np.nan)
+            out["chi2_outliers"] = int((p[seen] < DRAW_PVALUE).sum())
+            c, d = np.unravel_index(np.nanargmin(p), p.shape)
+            out["chi2_worst"] = f"chain {c} draw {d}: χ² {chi2[c, d]:.3f} (p {p[c, d]:.1e})"
+    if "plausibility" in view.summary and "plausibility_reference" in view.summary:
+        scores = np.asarray(view.summary["plausibility"][m], dtype=np.float64)  # (chain, scored draw)
+        reference = np.asarray(view.summary["plausibility_reference"][...], dtype=np.float64)
+        seen = np.isfinite(scores)
+        if seen.any() and np.isfinite(reference).any():
+            p = np.where(seen, plausibility_pvalue(np.where(seen, scores, 0.0), reference[np.isfinite(reference)]), np.nan)
+            out["implausible"] = int((p[seen] < DRAW_PVALUE).sum())
+            c, k = np.unravel_index(np.nanargmax(np.where(seen, scores, -np.inf)), scores.shape)
+            draw = int(view.summary["plausibility_draw"][m, k]) if "plausibility_draw" in view.summary else k
+            out["plausibility_worst"] = f"chain {c} draw {draw}: score {scores[c, k]:.3g} (p {p[c, k]:.1e})"
+    return out
+
+
+def _rows(view: SummaryView, calibration: dict[str, Any] | None = None, extra: dict[int, tuple[tuple[str, str], ...]] | None = None) -> list[dict[str, Any]]:
     """The rows of :func:`report_rows`, reading one measurement's images at a time."""
+    from uqcampaign.pipeline.verdict import convergence_reasons, measurement_verdict
+
     done = np.asarray(view.root["draws_done"][...]).reshape(view.n_measurements, -1).sum(axis=1)
     planned = _planned(view)
     coverage = view.array("coverage") if view.has_truth else None
     chi2 = _chi2_per_measurement(view)
     used = view.draws_used
+    if used is None:
+        used = np.asarray(view.root["draws_done"][...]).min(axis=1)
+    context = _context(view, calibration)
     until = until_report_fields(view.root)  # None unless an `until` campaign wrote the store
     rows = []
     for m in range(view.n_measurements):
-        rhat_max = _nan_reduce(np.max, np.asarray(view.summary["rhat"][m]))
-        chi2_m = float(chi2[m])
+        facts = measurement_facts(view, m, context, float(chi2[m]), int(used[m]), (extra or {}).get(m, ()))
+        verdict = measurement_verdict(facts)
         rows.append(
             {
                 "measurement": m,
                 "draws_done": int(done[m]),
                 "draws_planned": planned,
                 "coverage": None if coverage is None else float(coverage[m]),
-                "rhat_max": rhat_max,
-                "ess_bulk_min": _nan_reduce(np.min, np.asarray(view.summary["ess_bulk"][m])),
-                "ess_tail_min": _nan_reduce(np.min, np.asarray(view.summary["ess_tail"][m])),
-                "chi2_mean": chi2_m,
-                "flag": _flag(rhat_max, chi2_m, None if used is None else int(used[m])),
+                "rhat_max": _nan_reduce(np.max, np.asarray(view.summary["rhat"][m])),
+                "rhat_group_max": _nan_reduce(np.max, facts.rhat) if facts.rhat_kind == "group" else None,
+                "ess_bulk_min": _nan_reduce(np.min, facts.ess_bulk),
+                "ess_tail_min": _nan_reduce(np.min, facts.ess_tail),
+                "chi2_mean": float(chi2[m]),
+                **_draw_flags(view, m, facts.dim_y, facts.dof),
+                "converged": (None if not context.markov else not convergence_reasons(facts)),
+                "verdict": verdict.word,
+                "reasons": "; ".join(verdict.reasons),
             }
         )
         if until is not None:
@@ -210,58 +352,112 @@ def _with_until(row: dict[str, Any], fields: dict[str, Any]) -> None:
     fields = dict(fields)
     flag = fields.pop("until_flag")
     row.update(fields)
-    row["flag"] = ", ".join(part for part in (row["flag"], flag) if part)
+    row["flag"] = ", ".join(part for part in (row.get("flag", ""), flag) if part)
 
 
 def _add_sampler_facts(view: SummaryView, rows: list[dict[str, Any]]) -> None:
-    """The sampler's facts per measurement (:func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) into ``rows``, their flags into ``flag``."""
+    """The sampler's facts per measurement (:func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) into ``rows``, their flags into ``flag`` ("" when none)."""
     from uqcampaign.pipeline.unit_facts import fact_flags, measurement_facts
 
     for row, facts in zip(rows, measurement_facts(view.root, len(rows))):
         row.update(facts)
-        row["flag"] = ", ".join(filter(None, [row["flag"], *fact_flags(facts)]))
+        row["flag"] = ", ".join(part for part in (row.get("flag", ""), *fact_flags(facts)) if part)
 
 
-def report_rows(store: Any, *, reduce: bool = False, say: Any = None) -> list[dict[str, Any]]:
+def report_rows(
+    store: Any, *, reduce: bool = False, say: Any = None, calibration: str | None = None, extra: dict[int, tuple[tuple[str, str], ...]] | None = None
+) -> list[dict[str, Any]]:
     """One dict per measurement of a reduced store.
 
     Keys: ``measurement``, ``draws_done`` and ``draws_planned`` (summed over chains),
     ``coverage`` (fraction of pixels whose truth lies in the interval; None without
-    truth), ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` (over channels and pixels,
-    NaN pixels ignored), ``chi2_mean``, ``flag`` ("" when fine, else the reasons; a
-    measurement with fewer than 4 draws in every chain says it was not reduced), and the
-    sampler's facts where the store keeps them (``log_evidence``/``log_evidence_se``/``log_evidence_runs``,
-    ``outside_box``, ``condition_shift``/``objective_first``/``objective_last``/``objective_trend``:
-    :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`). A store of an ``until`` campaign
-    adds ``until``, ``until_round``, ``until_draws`` and plans each measurement at the draws it
-    stopped at (:func:`~uqcampaign.pipeline.until.until_report_fields`).
+    truth), ``rhat_max`` (per-chain R̂), ``rhat_group_max`` (over chain groups; None for an older
+    summary), ``ess_bulk_min``, ``ess_tail_min`` (over channels and pixels, NaN pixels ignored),
+    ``chi2_mean``, the hallucination flags ``chi2_outliers`` / ``chi2_worst`` (draws whose χ²
+    has p < :data:`DRAW_PVALUE` under its reference law, the worst one) and ``implausible`` /
+    ``plausibility_worst`` (draws scored by ``reduce`` whose prior-plausibility p < :data:`DRAW_PVALUE`;
+    None when not scored), ``converged`` (Markov chains: the convergence check; None otherwise),
+    ``verdict`` (one word) and ``reasons``, the sampler's facts where the store keeps them
+    (``log_evidence``/``log_evidence_se``/``log_evidence_runs``, ``outside_box``,
+    ``condition_shift``/``objective_first``/``objective_last``/``objective_trend``:
+    :func:`~uqcampaign.pipeline.unit_facts.measurement_facts`) and ``flag`` (their flags, "" when fine).
+    A store of an ``until`` campaign adds ``until``, ``until_round``, ``until_draws`` and plans each
+    measurement at the draws it stopped at (:func:`~uqcampaign.pipeline.until.until_report_fields`;
+    its flag joins ``flag``). ``calibration``: a ``uqc calibrate`` store (see :func:`find_calibration`); ``extra``: more
+    ``(word, reason)`` per measurement from other flags.
     Raises :class:`UQError` when the store has no draws or its summary is missing or stale,
     unless ``reduce`` (see :func:`open_summary`).
     """
-    return _rows(open_summary(store, reduce=reduce, say=say))
+    view = open_summary(store, reduce=reduce, say=say)
+    return _rows(view, find_calibration(view, calibration, say), extra)
+
+
+def campaign_row(rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The campaign's row: totals and extremes of ``rows``, and its verdict (:func:`~uqcampaign.pipeline.verdict.campaign_verdict`)."""
+    from uqcampaign.pipeline.verdict import Verdict, campaign_verdict
+
+    def finite(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r.get(key) is not None and math.isfinite(float(r[key]))]
+
+    verdict = campaign_verdict([Verdict(r["verdict"]) for r in rows], calibration)
+    planned = [r["draws_planned"] for r in rows]
+    return {
+        "measurement": "campaign",
+        "draws_done": sum(int(r["draws_done"]) for r in rows),
+        "draws_planned": None if any(p is None for p in planned) else sum(planned),
+        "coverage": float(np.mean(finite("coverage"))) if finite("coverage") else None,
+        "rhat_max": max(finite("rhat_max"), default=math.nan),
+        "rhat_group_max": max(finite("rhat_group_max"), default=None),
+        "ess_bulk_min": min(finite("ess_bulk_min"), default=math.nan),
+        "ess_tail_min": min(finite("ess_tail_min"), default=math.nan),
+        "chi2_mean": float(np.mean(finite("chi2_mean"))) if finite("chi2_mean") else math.nan,
+        "chi2_outliers": sum(int(r["chi2_outliers"]) for r in rows if r.get("chi2_outliers") is not None) if any(r.get("chi2_outliers") is not None for r in rows) else None,
+        "chi2_worst": None,
+        "implausible": sum(int(r["implausible"]) for r in rows if r.get("implausible") is not None) if any(r.get("implausible") is not None for r in rows) else None,
+        "plausibility_worst": None,
+        "converged": None if all(r.get("converged") is None for r in rows) else all(bool(r.get("converged")) for r in rows),
+        "verdict": verdict.word,
+        "reasons": "; ".join(verdict.reasons),
+    }
+
+
+def report_table(store: Any, *, reduce: bool = False, say: Any = None, calibration: str | None = None) -> list[dict[str, Any]]:
+    """:func:`report_rows` and, last, :func:`campaign_row` (what ``uqc report --format json|csv`` prints)."""
+    view = open_summary(store, reduce=reduce, say=say)
+    record = find_calibration(view, calibration, say)
+    rows = _rows(view, record)
+    return rows + [campaign_row(rows, record)]
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def print_report(store: Any, console: Console | None = None, *, reduce: bool = False, say: Any = None) -> None:
-    """Print the rows of :func:`report_rows` as a ``rich`` table on ``console`` (stdout by default)."""
+def print_report(store: Any, console: Console | None = None, *, reduce: bool = False, say: Any = None, calibration: str | None = None) -> None:
+    """Print the rows of :func:`report_rows` as a ``rich`` table on ``console`` (stdout by default), the
+    reasons of every verdict under it, and the campaign's verdict."""
     from rich.console import Console
     from rich.table import Table
 
+    from uqcampaign.pipeline.verdict import CHI2_LEVEL, ESS_PER_GROUP, MCSE_FRACTION, PIXEL_FRACTION
+
     view = open_summary(store, reduce=reduce, say=say)
-    rows = _rows(view)
+    record = find_calibration(view, calibration, say)
+    rows = _rows(view, record)
+    total = campaign_row(rows, record)
     level = f"{view.level * 100:g}%"
     name = view.campaign.get("name", Path(view.name).stem)
     sampler = view.describe("sampler").get("kind", "?")
     table = Table(
         title=f"{name} · sampler {sampler} · {level} credible intervals",
         caption=(
-            f"draws: done/planned over all chains · coverage: fraction of pixels whose truth lies in the "
-            f"{level} interval · R̂ max: worst split rank-normalised R̂ over pixels (flag > {RHAT_WARN}) · "
-            f"ESS min: smallest bulk/tail effective sample size over pixels · χ²: mean ||y − Ax||²/(σ²·dim y) "
-            f"over draws (≈ 1 expected, flag outside [{CHI2_BAND[0]}, {CHI2_BAND[1]}])"
+            f"draws: done/planned over all chains · coverage: fraction of pixels whose truth lies in the {level} interval · "
+            f"R̂ max: worst rank-normalised split R̂ over pixels, over chain groups (per chain in brackets) · ESS min: smallest "
+            f"bulk/tail effective sample size · χ²: mean ||y − Ax||²/(σ²·dim y) of the draws (≈ 1) · χ² out / implausible: draws whose "
+            f"χ² or prior-plausibility score has p < {DRAW_PVALUE} (≈ 1% by chance) · verdict: not converged (Markov chains: "
+            f"< {PIXEL_FRACTION:.0%} of pixels with R̂ < {RHAT_WARN} and ESS ≥ {ESS_PER_GROUP} per chain group), too few draws "
+            f"(MCSE ≥ {MCSE_FRACTION} std), data misfit (mean χ² outside the {CHI2_LEVEL:.0%} band of χ²_k/m), miscalibrated "
+            f"(`uqc calibrate` on record says so)"
             + (
                 " · until: converged, max_draws (stopped there without converging: flagged) or running, with the round and "
                 "draws per chain of its last convergence check"
@@ -271,39 +467,50 @@ def print_report(store: Any, console: Console | None = None, *, reduce: bool = F
         ),
         caption_justify="left",
     )
-    table.add_column("meas.", justify="right")
-    table.add_column("draws", justify="right", no_wrap=True)
-    table.add_column("coverage", justify="right", no_wrap=True)
-    table.add_column("R̂ max", justify="right", no_wrap=True)
-    table.add_column("ESS bulk min", justify="right")
-    table.add_column("ESS tail min", justify="right")
-    table.add_column("χ² mean", justify="right")
     until = any("until" in row for row in rows)
-    if until:
-        table.add_column("until", overflow="fold")
     from uqcampaign.pipeline.unit_facts import fact_columns
 
     facts = fact_columns(rows)
+    for column, justify in (("meas.", "right"), ("draws", "right"), ("coverage", "right"), ("R̂ max", "right"), ("ESS bulk min", "right"),
+                            ("ESS tail min", "right"), ("χ² mean", "right"), ("χ² out", "right"), ("implausible", "right")):
+        table.add_column(column, justify=justify, no_wrap=column in ("draws", "R̂ max"))
+    if until:
+        table.add_column("until", overflow="fold")
     for header, _, caption in facts:
         table.add_column(header, justify="right")
         table.caption = f"{table.caption} · {caption}"
-    table.add_column("flag", style="bold red", overflow="fold")
-    for row in rows:
+    table.add_column("verdict", justify="left", no_wrap=True)
+    for row in rows + [total]:
         planned = "?" if row["draws_planned"] is None else str(row["draws_planned"])
-        rhat_style = "red" if not math.isfinite(row["rhat_max"]) or row["rhat_max"] > RHAT_WARN else "green"
+        style = "green" if row["verdict"] == "ok" else "bold red"
+        rhat = _fmt(row["rhat_group_max"], ".3f") + f" ({_fmt(row['rhat_max'], '.3f')})" if row["rhat_group_max"] is not None else _fmt(row["rhat_max"], ".3f")
         table.add_row(
             str(row["measurement"]),
             f"{row['draws_done']}/{planned}",
             _fmt(row["coverage"], ".3f"),
-            f"[{rhat_style}]{_fmt(row['rhat_max'], '.4f')}[/]",
+            rhat,
             _fmt(row["ess_bulk_min"], ".0f"),
             _fmt(row["ess_tail_min"], ".0f"),
             _fmt(row["chi2_mean"], ".3f"),
+            "—" if row["chi2_outliers"] is None else str(row["chi2_outliers"]),
+            "—" if row["implausible"] is None else str(row["implausible"]),
             *([_until_cell(row)] if until else []),
             *(text(row) for _, text, _ in facts),
-            row["flag"],
+            f"[{style}]{row['verdict']}[/]",
+            end_section=row is rows[-1],
         )
-    (console or Console()).print(table)
+    out = console or Console()
+    out.print(table)
+    for row in rows + [total]:
+        details = [row["reasons"]] if row["reasons"] else []
+        details += [f"worst χ² {row['chi2_worst']}"] if row.get("chi2_worst") and row.get("chi2_outliers") else []
+        details += [f"least plausible {row['plausibility_worst']}"] if row.get("plausibility_worst") and row.get("implausible") else []
+        details += [row["flag"]] if row.get("flag") else []
+        if details:
+            out.print(f"{row['measurement']}: {row['verdict']}: {'; '.join(details)}", markup=False, soft_wrap=True)
+    if record is not None:
+        cov = record.get("coverage") or {}
+        out.print(f"calibration on record: {record.get('verdict')} ({', '.join(f'{k}: {v:.3f}' for k, v in cov.items())}; {record.get('store')})", markup=False, soft_wrap=True)
 
 
 def _until_cell(row: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from uqcampaign.kernels.errors import UQError
+from uqcampaign.kernels.errors import UQError, require
 from uqcampaign.kernels.samplers.base import ConfiguredSampler, Draw, StateSize, check_run_inputs, is_exact_prior
 
 __all__ = ["ExactConfig", "ExactSampler"]
@@ -28,8 +28,19 @@ class ExactConfig:
 
     Reference: Bishop 2006, Pattern Recognition and Machine Learning, Section 2.3.3 (Bayes' theorem for Gaussian variables).
 
-    Keys: none.
+    Keys:
+        spread: multiplies each draw's deviation from the exact posterior mean (1: exact draws). Another
+            value makes a deliberately miscalibrated sampler (0.7: too narrow, 1.3: too wide), the known-wrong
+            control that shows `uqc calibrate` detects a miscalibration on your problem.
     """
+
+    spread: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.spread, (int, float)) and not isinstance(self.spread, bool) and math.isfinite(self.spread) and self.spread > 0,
+            f"exact sampler spread = {self.spread!r} must be a number > 0 (1 = exact draws)",
+        )
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,14 @@ class ExactSampler(ConfiguredSampler):
                 f"sampler 'exact' needs a prior with a closed-form posterior (gaussian, gmm), got prior kind "
                 f"{getattr(prior, 'kind', '?')!r}; use ula, dps or latino"
             )
-        return self._draws(y, operator, prior, float(sigma), int(n_chains), int(n_draws), generator)
+        return self._draws(y, operator, prior, float(sigma), int(n_chains), int(n_draws), generator, float(self.config.spread))
 
     @staticmethod
-    def _draws(y, operator, prior, sigma, n_chains, n_draws, generator) -> Iterator[Draw]:
+    def _draws(y, operator, prior, sigma, n_chains, n_draws, generator, spread) -> Iterator[Draw]:
         posterior = prior.posterior(operator, y, sigma)
+        mean = posterior.mean().to(generator.device) if spread != 1.0 else None
         for index in range(n_draws):
             x = posterior.sample(n_chains, generator)
+            if mean is not None:
+                x = mean + spread * (x - mean)
             yield Draw(index, x.to(device=y.device, dtype=y.dtype), 0)

@@ -19,7 +19,7 @@ from uqcampaign.kernels.samplers.map_hqs import HQSConfig, HQSSampler
 from uqcampaign.kernels.samplers.map_latent import LatentMAPConfig, LatentMAPSampler
 from uqcampaign.kernels.samplers.ula import ULAConfig, ULASampler
 
-__all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "POINT_ESTIMATE_KINDS", "build_sampler"]
+__all__ = ["SAMPLER_KINDS", "SAMPLER_CONFIGS", "POINT_ESTIMATE_KINDS", "MARKOV_CHAIN_KINDS", "build_sampler"]
 
 _REGISTRY: dict[str, tuple[type, type]] = {
     "exact": (ExactSampler, ExactConfig),
@@ -39,6 +39,9 @@ SAMPLER_KINDS: tuple[str, ...] = tuple(_REGISTRY)
 SAMPLER_CONFIGS: dict[str, type] = {kind: config for kind, (_, config) in _REGISTRY.items()}
 # kinds that return one point estimate per chain (one draw, no posterior): never calibrated, compared with the posterior mean
 POINT_ESTIMATE_KINDS: tuple[str, ...] = ("map-hqs", "map-admm", "map-latent")
+# kinds whose successive draws of a chain are states of one Markov chain (correlated; they converge from their start);
+# every other kind's draws are independent runs (or particles of independent SMC runs)
+MARKOV_CHAIN_KINDS: tuple[str, ...] = ("ula", "skrock")
 
 
 def build_sampler(spec: Mapping[str, Any]) -> Sampler:

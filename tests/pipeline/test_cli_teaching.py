@@ -102,12 +102,13 @@ def test_report_json_and_csv_carry_the_rows(reduced_store: str) -> None:
     result = runner.invoke(app, ["report", reduced_store, "--format", "json"])
     assert result.exit_code == 0, result.output
     parsed = json.loads(result.stdout)
-    assert len(parsed) == len(rows) and all(_same(p[k], v) for p, row in zip(parsed, rows) for k, v in row.items())
+    assert len(parsed) == len(rows) + 1 and parsed[-1]["measurement"] == "campaign"  # the last row is the campaign's verdict
+    assert all(_same(p[k], v) for p, row in zip(parsed, rows) for k, v in row.items())
     result = runner.invoke(app, ["report", reduced_store, "--format", "csv"])
     assert result.exit_code == 0, result.output
-    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    table = list(csv.DictReader(io.StringIO(result.stdout)))[:-1]
     assert len(table) == len(rows) and list(table[0]) == list(rows[0])
-    assert all(_same(t[k], str(v) if not isinstance(v, float) else v) for t, row in zip(table, rows) for k, v in row.items())
+    assert all(_same(t[k], "" if v is None else str(v) if not isinstance(v, float) else v) for t, row in zip(table, rows) for k, v in row.items())
     result = runner.invoke(app, ["report", reduced_store, "--format", "xml"])
     assert result.exit_code == 2 and result.stderr.startswith("error: --format 'xml' is not one of table, json, csv")
     assert "coverage" in runner.invoke(app, ["report", reduced_store]).stdout  # the table stays the default

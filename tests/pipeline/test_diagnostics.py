@@ -29,7 +29,7 @@ def ar1(rng: np.random.Generator, pixels: int, chains: int, draws: int, phi: flo
 
 def arviz_reference(draws: np.ndarray) -> dict[str, np.ndarray]:
     """ArviZ on each pixel's ``(chain, draw)`` float64 array."""
-    out: dict[str, list[float]] = {"rhat": [], "ess_bulk": [], "ess_tail": [], "mcse_mean": []}
+    out: dict[str, list[float]] = {"rhat": [], "ess_bulk": [], "ess_tail": [], "mcse_mean": [], "rhat_group": []}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for pixel in np.asarray(draws, dtype=np.float64):
@@ -37,6 +37,7 @@ def arviz_reference(draws: np.ndarray) -> dict[str, np.ndarray]:
             out["ess_bulk"].append(az.ess(pixel, method="bulk"))
             out["ess_tail"].append(az.ess(pixel, method="tail"))
             out["mcse_mean"].append(az.mcse(pixel, method="mean"))
+            out["rhat_group"].append(az.rhat(D.group_chains(pixel[None])[0], method="rank"))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
@@ -64,6 +65,26 @@ def test_multimodal_offsets_equal_arviz_and_flag_rhat() -> None:
     draws = ar1(rng, 200, 6, 101, phi=0.9) * 0.3 + offsets  # odd draw count: ArviZ drops the middle draw
     ours = assert_equals_arviz(draws)
     assert np.all(ours.rhat > 1.1)
+
+
+def test_group_rhat_equals_arviz_and_separates_short_chains_from_a_trend() -> None:
+    """``rhat_group`` = ArviZ's R̂ of the chain groups (12 chains: 4 groups of 3; 10 chains: 2 left out).
+
+    64 stationary AR(1) chains of 100 draws, φ = 0.8 (ESS ≈ 11 per chain, 700 in all): every chain's
+    R̂ is far above 1.01 (R̂² − 1 ≈ chains/ESS), the group R̂ is not (≈ 1 + 4/ESS); the same chains
+    with a decaying offset common to all (an unfinished burn-in) have a group R̂ far above 1.01.
+    """
+    rng = np.random.default_rng(4)
+    for chains in (12, 10):
+        assert_equals_arviz(ar1(rng, 60, chains, 30, phi=0.8))
+    stationary = ar1(rng, 200, 64, 100, phi=0.8)
+    ours = D.summarize(stationary)
+    print(f"\n[group R-hat] stationary: R̂ < 1.01 on {np.mean(ours.rhat < 1.01):.3f} of pixels, group R̂ on {np.mean(ours.rhat_group < 1.01):.3f}")
+    assert np.mean(ours.rhat < 1.01) < 0.05 and np.mean(ours.rhat_group < 1.01) > 0.9
+    trend = stationary + 3.0 * np.exp(-np.arange(100) / 40.0)  # every chain still relaxing from a common start
+    assert np.mean(D.summarize(trend).rhat_group < 1.01) < 0.05
+    assert D.group_chains(np.arange(2 * 8 * 6).reshape(2, 8, 6)).shape == (2, 4, 12)
+    np.testing.assert_array_equal(D.group_chains(np.arange(8 * 6).reshape(1, 8, 6))[0, 0], [0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11])
 
 
 def test_multimodal_ula_fixture_equals_arviz_and_flags_rhat() -> None:

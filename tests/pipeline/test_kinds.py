@@ -105,7 +105,7 @@ def test_kinds_lists_every_group() -> None:
         (["kinds", "operator", "blur"], ["sigma", "2", "size", "9", "int", "Reference:"]),
         (["kinds", "operator", "matrix"], ["file", "path", "required"]),
         (["kinds", "prior", "latent-consistency"], ["prompt", "guidance_scale", "Luo"]),
-        (["kinds", "sampler", "exact"], ["Keys: none"]),
+        (["kinds", "sampler", "exact"], ["spread", "float", "known-wrong control"]),
     ],
 )
 def test_one_kind_prints_its_keys(args: list[str], expected: list[str]) -> None:

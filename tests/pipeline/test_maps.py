@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from uqcampaign.kernels.operators import build_operator
 from uqcampaign.pipeline import reduce as reduce_module
 from uqcampaign.pipeline.config import campaign_from_dict
 from uqcampaign.pipeline.maps import (
-    DPI, PANEL_SIZE, SINGLE_SIZE, Panel, build_panel_figure, build_sheet, iter_measurement_maps, sheet_panels, write_maps,
+    DPI, PANEL_SIZE, SINGLE_SIZE, Z_LIMIT, Panel, build_panel_figure, build_sheet, iter_measurement_maps, sheet_grid, sheet_panels, write_maps,
 )
 from uqcampaign.pipeline.reduce import reduce_store
 from uqcampaign.pipeline.report import open_summary
@@ -35,7 +36,8 @@ def write_layout_store(path: Path, *, channels: int = 1, truth: bool = True, sum
     """A store written by pipeline.store: a smooth truth, inpainting, Gaussian draws, wider where y is missing."""
     campaign = campaign_from_dict(
         {"name": "toy", "store": path.name, "data": {"simulate": {"count": measurements}}, "operator": {"kind": "inpaint", "fraction": 0.6},
-         "noise": {"sigma": 0.05}, "prior": {"kind": "gaussian"}, "sampler": {"kind": "exact"}, "chains": CHAINS,
+         "noise": {"sigma": 0.05}, "prior": {"kind": "gaussian", "shape": [channels, H, W], "mean": 0.5, "variance": 0.04},
+         "sampler": {"kind": "exact"}, "chains": CHAINS,
          "draws": DRAWS, "chunks": {"chains": CHAINS // 2, "draws": DRAWS}},
         path.parent,
     )
@@ -83,7 +85,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("channels, truth", [(1, True), (3, False)])
 def test_write_maps_files(reduced_store: Callable[..., Path], tmp_path: Path, channels: int, truth: bool) -> None:
     paths = write_maps(reduced_store(channels, truth), tmp_path / "maps")
-    keys = (["truth"] if truth else []) + ["y", "mean", "std", "ci_width"] + (["abs_error"] if truth else []) + ["rhat"]
+    keys = (["truth"] if truth else []) + ["y", "mean", "std"] + (["z", "covered"] if truth else []) + ["support", "rhat"]
     expected = []
     for m in range(M):
         expected.append(tmp_path / "maps" / f"measurement-{m:03d}.png")
@@ -91,12 +93,14 @@ def test_write_maps_files(reduced_store: Callable[..., Path], tmp_path: Path, ch
     assert paths == expected
     for path in paths:
         assert path.is_file()
-    sheet_px = (round(PANEL_SIZE[0] * len(keys) * DPI), round(PANEL_SIZE[1] * DPI))
+    rows, cols = sheet_grid(len(keys))
+    assert (rows, cols) == ((2, 4) if truth else (2, 3))
+    sheet_px = (round(PANEL_SIZE[0] * cols * DPI), round(PANEL_SIZE[1] * rows * DPI))
     assert _png_size(paths[0]) == sheet_px
     assert _png_size(paths[1]) == (round(SINGLE_SIZE[0] * DPI), round(SINGLE_SIZE[1] * DPI))
 
 
-@pytest.mark.parametrize("channels, truth, n_axes", [(1, True, 14), (1, False, 10), (3, True, 11), (3, False, 8)])
+@pytest.mark.parametrize("channels, truth, n_axes", [(1, True, 16), (1, False, 10), (3, True, 13), (3, False, 8)])
 def test_sheet_axes_titles_and_colourbars(reduced_store: Callable[..., Path], channels: int, truth: bool, n_axes: int) -> None:
     view = open_summary(reduced_store(channels, truth))
     maps = list(iter_measurement_maps(view))[1]
@@ -104,10 +108,12 @@ def test_sheet_axes_titles_and_colourbars(reduced_store: Callable[..., Path], ch
     # one axes per panel, plus one colour bar per scalar panel (RGB images have none)
     assert len(fig.axes) == n_axes
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert "90% CI width" in " ".join(titles)
-    assert ("truth" in titles) == truth and any(t.startswith("|mean − truth|") for t in titles) == truth
-    rhat_max = float(np.nanmax(view.array("rhat")[1]))
-    assert rhat_max > 1.1 and any(t.startswith("R̂") and t.endswith(f"(max {rhat_max:.3f})") for t in titles)
+    assert "CI width" not in " ".join(titles)  # a near-copy of the std: left out
+    assert ("truth" in titles) == truth and any(t.startswith("z = (mean − truth)/std") for t in titles) == truth
+    assert any(t.startswith("truth in the 90% interval") for t in titles) == truth
+    assert any(t.startswith("posterior std / prior std") for t in titles)
+    rhat_max = float(np.nanmax(view.array("rhat_group")[1]))
+    assert rhat_max > 1.1 and any(t.startswith("R̂ over chain groups") and t.endswith(f"max {rhat_max:.3f}") for t in titles)
     panels = sheet_panels(maps)
     images = {p.key: ax.images[0].get_array() for p, ax in zip(panels, fig.axes)}  # panel axes come first
     norms = {p.key: (ax.images[0].norm.vmin, ax.images[0].norm.vmax) for p, ax in zip(panels, fig.axes)}
@@ -119,19 +125,62 @@ def test_sheet_axes_titles_and_colourbars(reduced_store: Callable[..., Path], ch
     # std of RGB is the per-channel mean, R̂ the worst channel
     np.testing.assert_allclose(images["std"], maps.std.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(images["rhat"], maps.rhat.max(axis=0), rtol=1e-6)
-    assert norms["std"][0] == norms["ci_width"][0] == 0.0  # spread scales start at 0
+    np.testing.assert_allclose(images["support"], (maps.std / maps.prior_std).mean(axis=0), rtol=1e-6)
+    assert norms["std"][0] == norms["support"][0] == 0.0  # spread scales start at 0
+    if truth:
+        assert norms["z"] == (-Z_LIMIT, Z_LIMIT)
+        z = maps.error / maps.std
+        np.testing.assert_allclose(images["z"], z[0] if channels == 1 else np.take_along_axis(z, np.abs(z).argmax(0)[None], 0)[0], rtol=1e-6)
+        np.testing.assert_array_equal(images["covered"], maps.covered.mean(axis=0))
 
 
-def test_y_is_pinv_in_image_space(reduced_store: Callable[..., Path]) -> None:
+def test_y_is_drawn_as_measured(reduced_store: Callable[..., Path]) -> None:
     view = open_summary(reduced_store())
     maps = next(iter_measurement_maps(view))
     y = np.asarray(view.root["y_obs"][0])
-    np.testing.assert_allclose(maps.y_image, y, atol=1e-6)  # inpaint: pinv(y) = mask ⊙ y = y
+    np.testing.assert_allclose(maps.y_image, y, atol=1e-6)  # an image of the same channels: y itself
+    assert not maps.y_is_pinv
     assert maps.hidden.sum() == round(0.4 * H * W) and (maps.y_image[maps.hidden] == 0).all()
     panel = next(p for p in sheet_panels(maps) if p.key == "y")
     # hidden pixels are NaN (drawn in the colour map's "bad" red), not a black 0 like a dark observed pixel
     assert np.isnan(panel.image[maps.hidden[0]]).all() and np.isfinite(panel.image[~maps.hidden[0]]).all()
     assert "red = unobserved" in panel.title and panel.cmap.get_bad()[0] > 0.8
+
+
+def test_blur_sheet_shares_the_truth_and_prior_scale() -> None:
+    """A blur campaign (digits GMM, 16×16, blur σ 2 size 9, exact draws): truth, y and mean share one grey
+    scale, the truth's range joined with the prior's (from the reference prior draws), never A⁺y's, whose
+    range is many times wider; the mean fills the scale instead of a flat grey; y is drawn as measured."""
+    import tempfile
+
+    import yaml
+
+    from uqcampaign.pipeline.config import load_campaign
+    from uqcampaign.pipeline.runner import run_campaign
+
+    with tempfile.TemporaryDirectory() as folder:
+        spec = {"name": "blur", "store": "blur.zarr", "seed": 0, "data": {"simulate": {"count": 1}}, "operator": {"kind": "blur", "sigma": 2.0, "size": 9},
+                "noise": {"sigma": 0.05}, "prior": {"kind": "gmm", "file": str(Path(__file__).resolve().parents[2] / "priors" / "digits16.npz")},
+                "sampler": {"kind": "exact"}, "chains": 4, "draws": 25, "chunks": {"chains": 4, "draws": 25}, "cluster": {"address": "in-process"}}
+        (Path(folder) / "c.yaml").write_text(yaml.safe_dump(spec))
+        campaign = load_campaign(Path(folder) / "c.yaml")
+        run_campaign(campaign, progress=False)
+        reduce_store(campaign.store_location, progress=False)
+        view = open_summary(campaign.store_location)
+        maps = next(iter_measurement_maps(view))
+        panels = {p.key: p for p in sheet_panels(maps)}
+        prior_range = json.loads(view.summary.attrs["prior_range"])
+        expected = (min(prior_range[0], maps.truth.min()), max(prior_range[1], maps.truth.max()))
+        for key in ("truth", "y", "mean"):
+            assert (panels[key].norm.vmin, panels[key].norm.vmax) == pytest.approx(expected)
+        assert "as measured" in panels["y"].title and not maps.y_is_pinv
+        operator = build_operator(spec["operator"], (1, 16, 16))
+        pinv = operator.pinv(torch.as_tensor(np.asarray(view.root["y_obs"][0:1]), dtype=torch.float32))[0].numpy()
+        span = expected[1] - expected[0]
+        print(f"\n[maps] blur: scale [{expected[0]:.2f}, {expected[1]:.2f}], A⁺y spans [{pinv.min():.1f}, {pinv.max():.1f}], mean spans {np.ptp(maps.mean):.2f}")
+        assert np.ptp(pinv) > 5 * span  # the scale A⁺y would have set: truth and mean flat grey in it
+        assert np.ptp(maps.mean) > 0.4 * span  # measured 0.50 of the scale (under A⁺y's scale: < 0.1)
+        assert np.ptp(maps.mean) < 0.1 * np.ptp(pinv)
 
 
 def test_rhat_scale_marks_thresholds(reduced_store: Callable[..., Path]) -> None:
@@ -155,7 +204,7 @@ def test_missing_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(reduce_module, "reduce_store", counting_reduce)
     paths = write_maps(store, tmp_path / "maps", reduce=True, say=said.append)
-    assert len(calls) == 1 and len(paths) == 8
+    assert len(calls) == 1 and len(paths) == 9
     assert said == [f"store {store} has no summary: reducing it first (--reduce)"]
     assert "summary" in zarr.open_group(store, mode="r")  # reduced and consolidated
 

@@ -14,7 +14,8 @@ from rich.console import Console
 from uqcampaign.kernels.errors import UQError
 from uqcampaign.pipeline.config import campaign_from_dict, load_campaign
 from uqcampaign.pipeline.reduce import reduce_store
-from uqcampaign.pipeline.report import CHI2_BAND, RHAT_WARN, print_report, report_rows
+from uqcampaign.pipeline.report import campaign_row, print_report, report_rows
+from uqcampaign.pipeline.verdict import fidelity_band
 from uqcampaign.pipeline.runner import run_campaign
 from uqcampaign.pipeline.store import StoreLayout, consolidate, create_store, mark_done, write_draw_block
 
@@ -56,7 +57,7 @@ def write_layout_store(path: Path, *, channels: int = 1, truth: bool = True, sum
     rhat[2, 0, 0, 0] = np.nan  # a constant pixel: ignored by the max
     for name, value in {"mean": mean, "std": std, "ci_lower": mean - 1.645 * std, "ci_upper": mean + 1.645 * std,
                         "rhat": rhat, "ess_bulk": rng.uniform(10, 24, img), "ess_tail": rng.uniform(5, 24, img),
-                        "mcse_mean": std / 4}.items():
+                        "mcse_mean": std / 20}.items():
         _array(s, name, value.astype(np.float32), dims)
     s["ci_lower"].attrs["level"] = 0.9
     s["ci_upper"].attrs["level"] = 0.9
@@ -94,10 +95,15 @@ def test_rows_equal_summary_values(tmp_path: Path) -> None:
         assert row["ess_bulk_min"] == pytest.approx(float(np.min(s["ess_bulk"][m])))
         assert row["ess_tail_min"] == pytest.approx(float(np.min(s["ess_tail"][m])))
         assert row["chi2_mean"] == pytest.approx(float(s["chi2"][m]))
-    assert rows[0]["flag"] == ""
-    assert f"R̂>{RHAT_WARN}" in rows[1]["flag"] and "χ²" not in rows[1]["flag"]
-    assert rows[2]["chi2_mean"] > CHI2_BAND[1] and "χ² far from 1" in rows[2]["flag"]
+    assert rows[0]["verdict"] == "ok" and rows[0]["reasons"] == ""
+    assert rows[1]["rhat_max"] > 1.01 and rows[1]["verdict"] == "ok"  # exact draws are independent: R̂ is not a convergence check
+    assert rows[1]["rhat_group_max"] is None  # a summary without rhat_group (written before it existed)
+    assert rows[2]["chi2_mean"] > fidelity_band(H * W, H * W)[1] and rows[2]["verdict"] == "data misfit" and "mean χ²" in rows[2]["reasons"]
+    assert rows[2]["chi2_outliers"] == CHAINS * DRAWS  # every draw is out of its χ² law
     assert np.isfinite(rows[2]["rhat_max"])  # the NaN pixel is skipped, not propagated
+    total = campaign_row(rows)
+    assert total["measurement"] == "campaign" and total["verdict"] == "data misfit" and total["reasons"] == "1 of 3 measurements data misfit"
+    assert total["draws_done"] == M * CHAINS * DRAWS and total["rhat_max"] == max(r["rhat_max"] for r in rows)
 
 
 def test_rows_of_a_real_run_equal_its_summary(write_campaign: Callable[..., Path]) -> None:
@@ -144,11 +150,12 @@ def test_print_report_table(tmp_path: Path) -> None:
     print_report(store, Console(file=out, width=200, color_system=None))
     text = out.getvalue()
     assert "toy · sampler exact · 90% credible intervals" in text
-    for header in ("coverage", "R̂ max", "ESS bulk min", "ESS tail min", "χ² mean", "flag"):
+    for header in ("coverage", "R̂ max", "ESS bulk min", "ESS tail min", "χ² mean", "verdict"):
         assert header in text
     rows = report_rows(store)
-    assert f"{rows[1]['rhat_max']:.4f}" in text and f"{rows[0]['coverage']:.3f}" in text
-    assert f"{CHI2_BAND[0]}, {CHI2_BAND[1]}" in text  # the footer explains the flags
+    assert f"{rows[1]['rhat_max']:.3f}" in text and f"{rows[0]['coverage']:.3f}" in text
+    assert "2: data misfit: mean χ²" in text and "campaign: data misfit" in text  # reasons under the table
+    assert "99% band of χ²_k/m" in " ".join(text.split())  # the footer explains the words
     root = zarr.open_group(store, mode="r+", use_consolidated=False)
     root["summary/ci_lower"].attrs["level"] = 0.975
     consolidate(root)

@@ -38,7 +38,7 @@ def test_layout_dims_chunks_attrs(write_campaign) -> None:
     assert all(isinstance(v, (str, int, float, list)) for v in attrs.values()), attrs  # JSON strings or scalars
     campaign_attr = json.loads(attrs["campaign"])
     assert attrs["config_hash"] == campaign.config_hash() and campaign_attr["name"] == "tiny" and "storage_options" not in campaign_attr
-    assert json.loads(attrs["sampler"]) == {"kind": "exact"} and json.loads(attrs["operator"])["kind"] == "inpaint"
+    assert json.loads(attrs["sampler"]) == {"kind": "exact", "spread": 1.0} and json.loads(attrs["operator"])["kind"] == "inpaint"
     assert json.loads(attrs["prior"])["kind"] == "gaussian" and attrs["initialized"] == 1 and attrs["layout"] == 2
     assert json.loads(attrs["sizes"]) == {"measurement": 2, "chain": 6, "draw": 7}
     assert attrs["uqcampaign_version"] and attrs["created"]

@@ -190,7 +190,7 @@ def test_stale_summary_after_a_resume_is_named(write_campaign) -> None:
     assert inspect.exit_code == 0 and "summary:  present but stale" in inspect.stdout and "68 chain-draws" in inspect.stdout
     result = runner.invoke(app, ["report", str(store), "--reduce"])
     assert result.exit_code == 0 and "stale summary (68 of 84 chain-draws): reducing it first" in result.stderr
-    assert "—" not in result.stdout.split("flag")[1].split("draws:")[0]  # no empty (NaN) cell left
+    assert "—" not in result.stdout.split("verdict")[1].split("draws:")[0].replace("│   — │", "")  # no empty (NaN) cell left but "implausible" (not scored)
     assert _summary().summary_status(open_store(store)).state == "fresh"
 
 
@@ -211,7 +211,8 @@ def test_measurements_with_too_few_draws_say_so(write_campaign) -> None:
     with pytest.warns(UserWarning):
         reduce_store(str(store), progress=False)
     rows = report_rows(store)
-    assert rows[1]["flag"] == "not reduced: 3 draws complete in every chain (< 4)" and rows[0]["flag"] != rows[1]["flag"]
+    assert rows[1]["verdict"] == "too few draws" and rows[1]["reasons"] == "3 draws complete in every chain (< 4): no summary"
+    assert rows[0]["reasons"] != rows[1]["reasons"]
     result = runner.invoke(app, ["maps", str(store), "--out", str(store.parent / "maps")])
     assert result.exit_code == 0 and "measurement 1: 3 draws complete in every chain (< 4), not reduced: no map" in result.stderr
     assert sorted(p.name for p in (store.parent / "maps").glob("*.png")) == ["measurement-000.png"]

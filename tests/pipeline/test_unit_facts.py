@@ -116,7 +116,8 @@ def test_smc_campaign_keeps_its_runs_facts(write_campaign) -> None:
     result = runner.invoke(app, ["report", store, "--reduce", "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    for m, row in enumerate(rows):
+    assert rows[-1]["measurement"] == "campaign" and len(rows) == ds["log_evidence"].shape[0] + 1  # the last row is the campaign's
+    for m, row in enumerate(rows[:-1]):
         estimate, se = pooled_log_evidence(ds["log_evidence"].values[m])
         assert (row["log_evidence"], row["log_evidence_se"], row["log_evidence_runs"]) == pytest.approx((estimate, se, 4), rel=1e-12)
     table = runner.invoke(app, ["report", store], env={"COLUMNS": "250"})
