@@ -84,6 +84,7 @@ def _rows(burn_in: int) -> dict[str, dict[str, Any]]:
         "ula": {"sampler": {"kind": "ula", "box": None, "init": "pinv", "burn_in": burn_in}, "chains": 20, "draws": 100},
         "ula-fifth-burn-in": {"sampler": {"kind": "ula", "box": None, "init": "pinv", "burn_in": max(1, burn_in // 5)}, "chains": 20, "draws": 100,
                               "control": "known wrong: a fifth of the burn-in"},
+        "skrock": {"sampler": {"kind": "skrock"}, "chains": 20, "draws": 20},
         "dps": {"sampler": {"kind": "dps", "steps": 50}, "chains": 20, "draws": 5},
         "latino": {"sampler": {"kind": "latino"}, "chains": 20, "draws": 5},
     }

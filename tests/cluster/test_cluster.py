@@ -71,13 +71,13 @@ def _last_run(location: str) -> dict[str, Any]:
 
 
 def _alive_nodes() -> tuple[str, ...]:
-
+    import ray
 
     return tuple(node["NodeID"] for node in ray.nodes() if node["Alive"])
 
 
 def _uqc_actors() -> list[str]:
-
+    import ray
 
     return [name for name in ray.util.list_named_actors() if name.startswith("uqc-")]
 
@@ -96,7 +96,6 @@ def _finish_after_fault(campaign: Any, thread: Any, box: dict, reference: Any, c
 
 
 def test_units_spread_over_both_nodes_each_actor_on_its_gpu(ray_cluster, reference, campaign_factory, store_checks):
-
 
     campaign = load_campaign(campaign_factory(burn_in=BURN_IN))
     result = run_campaign_ray(campaign, address=ray_cluster.address, workers=2, gpus_per_worker=1, progress=False)
@@ -127,7 +126,7 @@ def test_more_gpus_than_the_cluster_has(ray_cluster, campaign_factory):
 
 
 def test_prior_missing_on_the_workers_stops_cleanly(ray_cluster, reference, campaign_factory):
-
+    import ray
 
     campaign = load_campaign(campaign_factory(burn_in=BURN_IN))
     group, _, (prior, operator, _) = prepare_store(campaign)
@@ -151,7 +150,7 @@ def test_prior_missing_on_the_workers_stops_cleanly(ray_cluster, reference, camp
 
 
 def test_actor_killed_mid_campaign(ray_cluster, reference, campaign_factory, store_checks):
-
+    import ray
 
     campaign = load_campaign(campaign_factory(burn_in=BURN_IN))
     thread, box = _in_thread(campaign, address=ray_cluster.address, workers=2, gpus_per_worker=1)
