@@ -386,32 +386,6 @@ def default_figures(calibration_store: str, name: str) -> Path:
     return Path((text.removesuffix(".zarr")) + "-figures")
 
 
-def _run(derived: Campaign, *, address: str | None, workers: Any, gpus_per_worker: Any, force: bool, delete_draws: bool, progress: bool, console: Console) -> None:
-    """Run the derived campaign as ``uqc run`` would (same functions: Ray driver or in process)."""
-    address = address or derived.cluster.address
-    if address == "in-process":
-        from uqcampaign.pipeline.runner import run_campaign
-
-        run_campaign(derived, force=force, delete_draws=delete_draws, progress=progress, console=console)
-        return
-    if address == "local":
-        from uqcampaign.cluster.connect import name_local_auth_mode
-
-        name_local_auth_mode()
-    from uqcampaign.cluster.driver import run_campaign_ray
-
-    run_campaign_ray(
-        derived,
-        address=address,
-        workers=workers if workers is not None else derived.cluster.workers,
-        gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else derived.cluster.gpus_per_worker,
-        force=force,
-        delete_draws=delete_draws,
-        progress=progress,
-        console=console,
-    )
-
-
 def run_calibration(
     campaign: Campaign,
     design: CalibrationDesign,
@@ -447,7 +421,9 @@ def run_calibration(
         f"{derived.chains} chains x {derived.draws} draws each, into {derived.store_location}",
         markup=False,
     )
-    _run(derived, address=address, workers=workers, gpus_per_worker=gpus_per_worker, force=force, delete_draws=delete_draws, progress=progress, console=console)
+    from uqcampaign.pipeline.launch import run_where
+
+    run_where(derived, address, console=console, workers=workers, gpus_per_worker=gpus_per_worker, force=force, delete_draws=delete_draws, progress=progress)
     root = open_store(derived.store_location, storage_options=derived.storage_options)
     if _is_markov(derived.sampler) and summary_status(root).state != "fresh":  # the ESS sets the thinning
         reduce_store(derived.store_location, progress=progress, storage_options=derived.storage_options)

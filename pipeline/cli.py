@@ -193,29 +193,10 @@ def run(
         # cluster or an auth mismatch is one line in seconds, and the auth mode is set.
         prepare(where)
     spec = _load_campaign(campaign)
-    where = parse_address(address or spec.cluster.address)
-    if in_process or where.kind == "in-process":
-        from uqcampaign.pipeline.runner import run_campaign
+    from uqcampaign.pipeline.launch import run_where
 
-        result = run_campaign(spec, resume=resume, force=force, delete_draws=delete_draws, progress=progress, console=err_console)
-    else:
-        if where.kind == "local":
-            from uqcampaign.cluster.connect import name_local_auth_mode
-
-            name_local_auth_mode()  # before the driver's modules import Ray
-        from uqcampaign.cluster.driver import run_campaign_ray
-
-        result = run_campaign_ray(
-            spec,
-            address=address,
-            workers=workers if workers is not None else spec.cluster.workers,
-            gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else spec.cluster.gpus_per_worker,
-            resume=resume,
-            force=force,
-            delete_draws=delete_draws,
-            progress=progress,
-            console=err_console,
-        )
+    result = run_where(spec, address, console=err_console, in_process=in_process, workers=workers, gpus_per_worker=gpus_per_worker,
+                       resume=resume, force=force, delete_draws=delete_draws, progress=progress)
     seconds = getattr(result, "seconds", None)
     took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
     console.print(f"store: {spec.store_location}{took}", markup=False)
